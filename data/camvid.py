@@ -1,0 +1,175 @@
+"""CamVid in the thesis layout, decoded once into uint8 tensors.
+
+    DATA_ROOT/{train,val,test}/NAME.png        RGB images (PNG or JPEG)
+    DATA_ROOT/{train,val,test}_labels/NAME.png single-channel class indices (0..10, 11 = Void)
+    DATA_ROOT/unlabeled/train/NAME.png         unlabeled video frames
+
+Every image is decoded a single time, in parallel threads (PIL releases the GIL while
+decoding), resized by `scale` and stacked into one (N,3,H,W) uint8 tensor; training batches are
+then made by indexing, on the CPU or on the GPU. Bad input is reported here, with the file
+name and the fix, before any training starts.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from data.classes import IGNORE_INDEX
+from utils.errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+@dataclass
+class SegmentationSet:
+    """Images (N,3,H,W) uint8, labels (N,H,W) uint8 or None for unlabeled frames, and file stems.
+
+    `source_size` is (width, height) of the files on disk, before IMAGE_SCALE: pseudo-labels are
+    written at that size, like the ground truth.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    names: list[str]
+    source_size: tuple[int, int]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def subset(self, indices: Sequence[int]) -> "SegmentationSet":
+        index = torch.as_tensor(list(indices), dtype=torch.long)
+        labels = None if self.labels is None else self.labels[index.to(self.labels.device)]
+        return SegmentationSet(self.images[index.to(self.images.device)], labels, [self.names[i] for i in index],
+                               self.source_size)
+
+    def to(self, device: torch.device | str) -> "SegmentationSet":
+        labels = None if self.labels is None else self.labels.to(device)
+        return SegmentationSet(self.images.to(device), labels, self.names, self.source_size)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The images of a folder, sorted by name; a missing or empty folder is an error."""
+    if not folder.is_dir():
+        raise UserError(f"{folder} does not exist. Put CamVid in the thesis layout there "
+                        "(see README, 'Preparing CamVid'), or try the synthetic demo with --demo.")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    if not files:
+        raise UserError(f"{folder} holds no images (.png/.jpg). Check DATA_ROOT, or prepare CamVid first "
+                        "(README, 'Preparing CamVid').")
+    return files
+
+
+def paired_files(root: Path, subset: str) -> tuple[list[Path], list[Path]]:
+    """Images of `subset` and their labels, paired by file stem; an unpaired file is an error."""
+    images = image_files(root / subset)
+    label_dir = root / f"{subset}_labels"
+    labels = image_files(label_dir)
+    by_stem = {p.stem: p for p in labels}
+    lonely_images = [p for p in images if p.stem not in by_stem]
+    if lonely_images:
+        raise UserError(f"{lonely_images[0]} has no label in {label_dir} ({len(lonely_images)} images without "
+                        "labels). Every image needs an index mask of the same name; create them with data/mask_maker.py.")
+    image_stems = {p.stem for p in images}
+    lonely_labels = [p for p in labels if p.stem not in image_stems]
+    if lonely_labels:
+        raise UserError(f"{lonely_labels[0]} has no image in {root / subset} ({len(lonely_labels)} labels without "
+                        "images). Remove it or add the image.")
+    return images, [by_stem[p.stem] for p in images]
+
+
+def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        image = Image.open(path)
+        image.load()
+        return image
+    except (OSError, SyntaxError, ValueError) as error:
+        raise UserError(f"{path} cannot be read ({error}). The file is damaged or truncated: "
+                        "copy or export it again.") from error
+
+
+def decode_image(path: Path, scale: float) -> np.ndarray:
+    image = _open(path).convert("RGB")
+    if scale != 1:
+        image = image.resize(scaled_size(image.size, scale), Image.BILINEAR)
+    return np.asarray(image)
+
+
+def decode_label(path: Path, scale: float, image_size: tuple[int, int] | None = None) -> np.ndarray:
+    """A class-index mask; colour masks, out-of-range values and size mismatches are errors."""
+    label = _open(path)
+    if label.mode not in ("L", "P", "I", "I;16"):
+        raise UserError(f"{path} is a {label.mode} image, but labels must be single-channel class indices. "
+                        "If it is a coloured CamVid mask, convert it with: python data/mask_maker.py "
+                        f"--src {path.parent} --out {path.parent}_index")
+    if image_size is not None and label.size != image_size:
+        raise UserError(f"{path} is {label.size[0]}x{label.size[1]} but its image is "
+                        f"{image_size[0]}x{image_size[1]}: a label must have its image's size.")
+    array = np.asarray(label)
+    if array.max(initial=0) > IGNORE_INDEX:
+        raise UserError(f"{path} holds class index {int(array.max())}, but valid values are 0..{IGNORE_INDEX} "
+                        f"({IGNORE_INDEX} = Void). Is it in another class order (SegNet?) or a raw CamVid mask? "
+                        "Convert it with data/prepare_camvid.py or data/mask_maker.py.")
+    if scale != 1:
+        array = np.asarray(Image.fromarray(array.astype(np.uint8)).resize(scaled_size(label.size, scale), Image.NEAREST))
+    return array.astype(np.uint8)
+
+
+def _decode_all(decode: Callable[[Path], np.ndarray], paths: Sequence[Path]) -> list[np.ndarray]:
+    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+        return list(pool.map(decode, paths))
+
+
+def _stack(arrays: list[np.ndarray], paths: Sequence[Path]) -> np.ndarray:
+    shape = arrays[0].shape
+    for array, path in zip(arrays, paths):
+        if array.shape != shape:
+            raise UserError(f"{path} is {array.shape[1]}x{array.shape[0]} but {paths[0].name} is "
+                            f"{shape[1]}x{shape[0]}: all images of a set must have one size. Resize them first.")
+    return np.stack(arrays)
+
+
+def load_images(paths: Sequence[Path], scale: float = 1.0) -> torch.Tensor:
+    arrays = _decode_all(lambda p: decode_image(p, scale), paths)
+    return torch.from_numpy(_stack(arrays, paths)).permute(0, 3, 1, 2).contiguous()
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """Reads only the header: the pixels are decoded (and checked) by `load_images`."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except OSError as error:
+        raise UserError(f"{path} cannot be read ({error}): copy or export it again.") from error
+
+
+def load_labels(paths: Sequence[Path], scale: float = 1.0, image_paths: Sequence[Path] | None = None) -> torch.Tensor:
+    sizes = [None] * len(paths) if image_paths is None else _decode_all(image_size, image_paths)
+    arrays = _decode_all(lambda ps: decode_label(ps[0], scale, ps[1]), list(zip(paths, sizes)))
+    return torch.from_numpy(_stack(arrays, paths))
+
+
+def load_split(root: str | Path, subset: str, scale: float = 1.0) -> SegmentationSet:
+    """One labeled subset ('train', 'val', 'test') of the thesis layout."""
+    image_paths, label_paths = paired_files(Path(root), subset)
+    images = load_images(image_paths, scale)
+    labels = load_labels(label_paths, scale, image_paths)
+    return SegmentationSet(images, labels, [p.stem for p in image_paths], image_size(image_paths[0]))
+
+
+def load_unlabeled(folder: str | Path, scale: float = 1.0, limit: int = 0) -> SegmentationSet:
+    """Unlabeled frames; `limit` > 0 keeps the first `limit` (sorted by name) for quick runs."""
+    paths = image_files(Path(folder))
+    if limit > 0:
+        paths = paths[:limit]
+    return SegmentationSet(load_images(paths, scale), None, [p.stem for p in paths], image_size(paths[0]))

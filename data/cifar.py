@@ -1,0 +1,175 @@
+"""CIFAR-10 from the standard python pickle files, read by the project's own small reader.
+
+torchvision's CIFAR10 class verifies MD5 sums, so it would reject the synthetic stand-in that
+the tests and the demo generate in the same format; this reader loads both and checks what it
+reads, so a truncated or foreign file fails with its name instead of deep inside training.
+Images stay uint8 because the model owns the normalisation.
+"""
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+
+CIFAR_CLASSES: tuple[str, ...] = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+CIFAR_FOLDER = "cifar-10-batches-py"
+TRAIN_FILES: tuple[str, ...] = tuple(f"data_batch_{k}" for k in range(1, 6))
+TEST_FILE = "test_batch"
+META_FILE = "batches.meta"
+DOWNLOAD_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+IMAGE_SHAPE = (3, 32, 32)
+ROW_LENGTH = 3 * 32 * 32
+
+
+class DataError(Exception):
+    """A data set is missing or malformed; the message says what to do about it."""
+
+
+@dataclass(frozen=True)
+class CifarData:
+    """The whole data set in memory: 60k uint8 images are only 180 MB."""
+
+    train_images: torch.Tensor  # uint8 (N, 3, 32, 32)
+    train_labels: torch.Tensor  # int64 (N,)
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    class_names: tuple[str, ...]
+
+
+def load_cifar10(root: str | Path, download: bool = True) -> CifarData:
+    """Load `root/cifar-10-batches-py/`, downloading it first when allowed and missing."""
+    root = Path(root)
+    if _missing_files(root):
+        if not download:
+            raise DataError(f"CIFAR-10 files are missing. {_placement_help(root)}")
+        _download(root)
+    folder = root / CIFAR_FOLDER
+    train = [_read_batch(folder / name) for name in TRAIN_FILES]
+    test_images, test_labels = _read_batch(folder / TEST_FILE)
+    return CifarData(
+        train_images=torch.from_numpy(np.concatenate([images for images, _ in train])),
+        train_labels=torch.from_numpy(np.concatenate([labels for _, labels in train])),
+        test_images=torch.from_numpy(test_images),
+        test_labels=torch.from_numpy(test_labels),
+        class_names=_read_class_names(folder / META_FILE),
+    )
+
+
+def split_labeled(
+    labels: torch.Tensor, fraction: float, balanced: bool, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Choose which training images keep their labels; the rest become the unlabeled pool.
+
+    Returns (labeled, unlabeled) sorted index tensors that together cover every image once.
+    `balanced` takes round(fraction * N) // num_classes images of every class, so that a tiny
+    labeled set does not miss a class by chance.
+    """
+    if labels.ndim != 1 or labels.numel() == 0:
+        raise ValueError(f"labels must be a non-empty 1-D tensor, got shape {tuple(labels.shape)}")
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
+    count = round(fraction * labels.numel())
+    generator = torch.Generator().manual_seed(seed)
+    if balanced:
+        labeled = _balanced_choice(labels, count, generator)
+    else:
+        labeled = torch.randperm(labels.numel(), generator=generator)[:count]
+    chosen = torch.zeros(labels.numel(), dtype=torch.bool)
+    chosen[labeled] = True
+    return chosen.nonzero().flatten(), (~chosen).nonzero().flatten()
+
+
+def _balanced_choice(labels: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """Draw the same number of indices from every class 0..max(labels)."""
+    num_classes = int(labels.max()) + 1
+    per_class = count // num_classes
+    picks = []
+    for cls in range(num_classes):
+        members = (labels == cls).nonzero().flatten()
+        if members.numel() < per_class:
+            raise ValueError(
+                f"class {cls} has only {members.numel()} images but a balanced split needs "
+                f"{per_class} per class; lower the fraction or use an unbalanced split"
+            )
+        picks.append(members[torch.randperm(members.numel(), generator=generator)[:per_class]])
+    return torch.cat(picks)
+
+
+def _missing_files(root: Path) -> list[Path]:
+    folder = root / CIFAR_FOLDER
+    names = (*TRAIN_FILES, TEST_FILE, META_FILE)
+    return [folder / name for name in names if not (folder / name).is_file()]
+
+
+def _placement_help(root: Path) -> str:
+    folder = root / CIFAR_FOLDER
+    return (
+        f"Expected {folder}/data_batch_1 ... data_batch_5, {folder}/test_batch and "
+        f"{folder}/{META_FILE}. Download {DOWNLOAD_URL} and extract it into {root} "
+        f"(tar -xzf cifar-10-python.tar.gz -C {root})."
+    )
+
+
+def _download(root: Path) -> None:
+    """Let torchvision fetch and extract the archive; it writes exactly the folder read here."""
+    try:
+        torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+    except Exception as error:  # offline, proxy, checksum or disk errors all need the same fix
+        raise DataError(f"Could not download CIFAR-10 ({error}). {_placement_help(root)}") from error
+    if _missing_files(root):
+        raise DataError(f"The CIFAR-10 download left files missing. {_placement_help(root)}")
+
+
+def _unpickle(path: Path) -> dict[bytes, Any]:
+    """Read one file the way the original Python 2 pickles must be read: keys come back as bytes."""
+    try:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="bytes")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as error:
+        raise DataError(f"{path} is not a CIFAR-10 pickle ({error}); {_refetch_help(path)}") from error
+    if not isinstance(entry, dict):
+        raise DataError(f"{path} holds a {type(entry).__name__}, not a dict; {_refetch_help(path)}")
+    return entry
+
+
+def _refetch_help(path: Path) -> str:
+    return f"replace it with the file from {DOWNLOAD_URL} (extract the archive into {path.parent.parent})"
+
+
+def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One batch as uint8 (N, 3, 32, 32) images and int64 labels, checked before use."""
+    entry = _unpickle(path)
+    data = entry.get(b"data")
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8
+            and data.ndim == 2 and data.shape[1] == ROW_LENGTH):
+        found = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else repr(type(data))
+        raise DataError(
+            f"{path}: b'data' must be a uint8 array of shape (N, {ROW_LENGTH}), found {found}; "
+            f"{_refetch_help(path)}"
+        )
+    return data.reshape(-1, *IMAGE_SHAPE), _checked_labels(path, entry.get(b"labels"), data.shape[0])
+
+
+def _checked_labels(path: Path, raw: Any, count: int) -> np.ndarray:
+    problem = DataError(f"{path}: b'labels' must be a list of {count} integers in 0..9; {_refetch_help(path)}")
+    try:
+        labels = np.asarray(raw, dtype=np.int64)
+    except (TypeError, ValueError) as error:
+        raise problem from error
+    if labels.shape != (count,) or (count and not 0 <= labels.min() <= labels.max() <= 9):
+        raise problem
+    return labels
+
+
+def _read_class_names(path: Path) -> tuple[str, ...]:
+    names = _unpickle(path).get(b"label_names")
+    if not (isinstance(names, list) and len(names) == len(CIFAR_CLASSES)):
+        raise DataError(f"{path}: b'label_names' must list 10 class names; {_refetch_help(path)}")
+    return tuple(name.decode() if isinstance(name, bytes) else str(name) for name in names)

@@ -1,0 +1,224 @@
+"""Turn CamVid's coloured label masks into single-channel class-index masks (thesis order).
+
+CamVid ships its labels as RGB pictures in 32 colours, while the networks and the metrics read
+one class index per pixel in the 11-class grouping (plus Void). The conversion is a lookup
+table indexed by the packed 24-bit colour, built once, so a 960x720 mask takes milliseconds
+instead of the seconds of a per-pixel Python loop. Colours outside the palette become Void and
+are counted, because they mean a damaged or wrongly exported label file that the user should
+know about rather than silently train on.
+
+Run once per subset, as in the thesis:
+    python data/mask_maker.py --src COLOUR_DIR --out INDEX_DIR [--eleven-only]
+or give several --src/--out pairs (in the same order) to convert all subsets in one call.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+if __package__ in (None, ""):  # run as `python data/mask_maker.py`: make the repo importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from data.classes import CLASS_NAMES, COLORS, IGNORE_INDEX  # noqa: E402
+from utils.io import write_png  # noqa: E402
+
+VOID = "Void"
+
+# CamVid's 32 original classes (label_colors.txt): name -> (RGB, class of the 11 it joins).
+# This is the standard SegNet grouping; the target names are those of data/classes.py.
+ORIGINAL_CLASSES: dict[str, tuple[tuple[int, int, int], str]] = {
+    "Building": ((128, 0, 0), "Building"),
+    "Bridge": ((0, 128, 64), "Building"),
+    "Wall": ((64, 192, 0), "Building"),
+    "Tunnel": ((64, 0, 64), "Building"),
+    "Archway": ((192, 0, 128), "Building"),
+    "Tree": ((128, 128, 0), "Tree"),
+    "VegetationMisc": ((192, 192, 0), "Tree"),
+    "Sky": ((128, 128, 128), "Sky"),
+    "Car": ((64, 0, 128), "Car"),
+    "SUVPickupTruck": ((64, 128, 192), "Car"),
+    "Truck_Bus": ((192, 128, 192), "Car"),
+    "Train": ((192, 64, 128), "Car"),
+    "OtherMoving": ((128, 64, 64), "Car"),
+    "SignSymbol": ((192, 128, 128), "SignSymbol"),
+    "Misc_Text": ((128, 128, 64), "SignSymbol"),
+    "TrafficLight": ((0, 64, 64), "SignSymbol"),
+    "Road": ((128, 64, 128), "Road"),
+    "LaneMkgsDriv": ((128, 0, 192), "Road"),
+    "LaneMkgsNonDriv": ((192, 0, 64), "Road"),
+    "Pedestrian": ((64, 64, 0), "Pedestrian"),
+    "Child": ((192, 128, 64), "Pedestrian"),
+    "CartLuggagePram": ((64, 0, 192), "Pedestrian"),
+    "Animal": ((64, 128, 64), "Pedestrian"),
+    "Fence": ((64, 64, 128), "Fence"),
+    "Column_Pole": ((192, 192, 128), "Column_Pole"),
+    "TrafficCone": ((0, 0, 64), "Column_Pole"),
+    "Sidewalk": ((0, 0, 192), "Sidewalk"),
+    "ParkingBlock": ((64, 192, 128), "Sidewalk"),
+    "RoadShoulder": ((128, 128, 192), "Sidewalk"),
+    "Bicyclist": ((0, 128, 192), "Bicyclist"),
+    "MotorcycleScooter": ((192, 0, 192), "Bicyclist"),
+    "Void": ((0, 0, 0), VOID),
+}
+
+LABEL_SUFFIX = "_L"  # official CamVid label files are <image>_L.png
+_UNKNOWN = 255  # LUT value of colours outside the palette; never a class index
+
+
+def class_index(name: str) -> int:
+    """Thesis index of one of the 11 classes, or Void's ignore index."""
+    return IGNORE_INDEX if name == VOID else CLASS_NAMES.index(name)
+
+
+def _pack(rgb: np.ndarray) -> np.ndarray:
+    """One 24-bit integer per pixel, so a colour can index a flat table."""
+    rgb = rgb.astype(np.uint32, copy=False)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def _palette(eleven_only: bool) -> dict[tuple[int, int, int], int]:
+    """Colour -> index; the thesis's own converter knew only the 11 class colours and Void."""
+    if eleven_only:
+        return {colour: index for index, colour in enumerate(COLORS)}
+    return {rgb: class_index(target) for rgb, target in ORIGINAL_CLASSES.values()}
+
+
+@lru_cache(maxsize=2)
+def _lookup_table(eleven_only: bool) -> np.ndarray:
+    """A 16 MiB table over every 24-bit colour, built once per process and palette."""
+    table = np.full(1 << 24, _UNKNOWN, dtype=np.uint8)
+    for colour, index in _palette(eleven_only).items():
+        table[_pack(np.array(colour, dtype=np.uint8))] = index
+    return table
+
+
+def colour_to_index(rgb: np.ndarray, eleven_only: bool = False) -> tuple[np.ndarray, int]:
+    """Map an (H,W,3) uint8 colour mask to (index mask uint8, number of unknown-colour pixels).
+
+    With eleven_only, only the 11 class colours of data/classes.py and Void's black are known
+    (the thesis's behaviour): the other 21 official colours become Void and count as unknown.
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 colour mask, got {rgb.shape} {rgb.dtype}")
+    index = _lookup_table(eleven_only)[_pack(rgb)]
+    unknown = index == _UNKNOWN
+    count = int(np.count_nonzero(unknown))
+    if count:
+        index[unknown] = IGNORE_INDEX
+    return index, count
+
+
+def index_to_colour(index: np.ndarray) -> np.ndarray:
+    """Colour an index mask with data/classes.COLORS so people can look at it.
+
+    Values that are no class (255 padding, -1) are drawn in Void's colour, matching how the
+    project treats them everywhere else, instead of failing on a picture.
+    """
+    index = np.asarray(index)
+    palette = np.asarray(COLORS, dtype=np.uint8)
+    known = (index >= 0) & (index < len(palette))
+    return palette[np.where(known, index, IGNORE_INDEX)]
+
+
+def output_name(label_path: Path) -> str:
+    """`<image>_L.png` and `<image>.png` both become `<image>.png`, so labels pair with images."""
+    stem = label_path.stem
+    if stem.endswith(LABEL_SUFFIX):
+        stem = stem[: -len(LABEL_SUFFIX)]
+    return f"{stem}.png"
+
+
+def pair_labels(src_dir: Path) -> dict[str, Path]:
+    """Output name -> coloured label file; refuses two files that would overwrite each other."""
+    if not src_dir.is_dir():
+        raise SystemExit(f"{src_dir} is not a folder; give the folder of coloured masks.")
+    pairs: dict[str, Path] = {}
+    for path in sorted(src_dir.glob("*.png")):
+        name = output_name(path)
+        if name in pairs:
+            raise SystemExit(
+                f"{pairs[name].name} and {path.name} in {src_dir} would both be written "
+                f"as {name}; keep only one of them."
+            )
+        pairs[name] = path
+    return pairs
+
+
+def read_colour_mask(path: Path) -> np.ndarray:
+    """Decode a label picture as RGB, whatever mode (palette, RGBA) it was saved in."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def convert_file(src: Path, dst: Path, eleven_only: bool = False) -> int:
+    """Convert one coloured mask file; returns its number of unknown-colour pixels."""
+    index, unknown = colour_to_index(read_colour_mask(src), eleven_only)
+    write_png(dst, index)
+    return unknown
+
+
+def convert_folder(src_dir: Path, out_dir: Path, eleven_only: bool = False,
+                   workers: int = 2) -> dict[Path, int]:
+    """Convert every mask of a folder; returns source file -> unknown-pixel count.
+
+    Threads overlap PNG decoding and encoding, which release the GIL and dominate the cost.
+    """
+    pairs = pair_labels(src_dir)
+    if not pairs:
+        raise SystemExit(f"mask_maker: no .png masks in {src_dir}; check the --src folder.")
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        counts = pool.map(lambda item: convert_file(item[1], Path(out_dir) / item[0], eleven_only),
+                          pairs.items())
+        counts = list(tqdm(counts, total=len(pairs), desc=f"masks {src_dir.name}", unit="mask"))
+    return dict(zip(pairs.values(), counts))
+
+
+def report_unknown(counts: dict[Path, int]) -> None:
+    """One line per file that had colours outside the palette, so bad files can be found."""
+    for path, count in counts.items():
+        if count:
+            tqdm.write(f"{path}: {count} pixels of unknown colour mapped to Void", file=sys.stderr)
+
+
+def summary_line(counts: dict[Path, int]) -> str:
+    """The run's one line on stdout; the per-file details went to stderr."""
+    bad = sum(1 for count in counts.values() if count)
+    pixels = sum(counts.values())
+    return (f"converted {len(counts)} masks; {bad} had colours outside the palette "
+            f"({pixels} pixels mapped to Void)")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--src", type=Path, action="append", required=True,
+                        help="folder of coloured masks (<image>_L.png or <image>.png); repeatable")
+    parser.add_argument("--out", type=Path, action="append", required=True,
+                        help="folder for the index masks (<image>.png); one per --src, same order")
+    parser.add_argument("--eleven-only", action="store_true",
+                        help="the thesis's converter: only the 11 class colours map, the rest is Void")
+    parser.add_argument("--workers", type=int, default=2, help="threads for PNG decode/encode")
+    args = parser.parse_args(argv)
+    if len(args.src) != len(args.out):
+        parser.error(f"got {len(args.src)} --src but {len(args.out)} --out; give them in pairs")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    counts: dict[Path, int] = {}
+    for src, out in zip(args.src, args.out):
+        folder_counts = convert_folder(src, out, args.eleven_only, args.workers)
+        report_unknown(folder_counts)
+        counts.update(folder_counts)
+    print(summary_line(counts))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Semi-supervised semantic segmentation of CamVid by iterative pseudo-labeling.
+
+A SwiftNet-RN18 teacher learns from the labeled images; it labels the unlabeled frames; a fresh
+student learns from those pseudo-labels and is fine-tuned on the labels (or learns from both at
+once); a student that validates better than its teacher becomes the next teacher.
+
+    python semisup_cam.py                          # the thesis protocol on data/camvid
+    python semisup_cam.py --demo                   # the same on generated street scenes, CPU, minutes
+    python semisup_cam.py --labeled_fraction=1/8 --pseudo_threshold=0.9
+    torchrun --nproc_per_node=4 semisup_cam.py     # several GPUs
+
+Every constant below can be overridden as --lower_case_name=value.
+"""
+import sys
+
+# Data
+DATA_ROOT = "data/camvid"  # thesis layout: train/, train_labels/, val/, ..., unlabeled/train/
+IMAGE_SCALE = 1.0  # resize images (bilinear) and labels (nearest) at load time; 0.5 for CPU runs
+DATA_ON_DEVICE = True  # keep the decoded dataset on the GPU (uint8), so batches never wait for the host
+LABELED_FRACTION = 1.0  # < 1: split protocol, that share of train keeps its labels, the rest is unlabeled
+SPLIT_FILE = ""  # reuse a split (the split.json of an earlier run)
+MAX_UNLABELED = 0  # cap on unlabeled images for quick runs (0 = all)
+PSEUDO_ROOT = ""  # where train_pseudoIt{i}/ go ("" = DATA_ROOT/unlabeled, as in the thesis)
+# Model and optimisation (the thesis teacher recipe)
+PRETRAINED = True  # ImageNet-initialised encoder (torchvision weights)
+PRETRAINED_PATH = ""  # a local ResNet-18 state dict, for machines without internet
+BATCH_SIZE = 12
+EVAL_BATCH_SIZE = 8
+CROP_SIZE = 448
+WEIGHT_DECAY = 1e-4
+LR_MIN = 1e-5
+TEACHER_LR = 4e-3
+TEACHER_EPOCHS = 400
+EVAL_EACH = 10  # validate every EVAL_EACH epochs, keep the best
+# Pseudo-labeling loop (thesis defaults; the options after STUDENT_SCHEDULE are off)
+NO_ITER = 3
+PSEUDO_EPOCHS = 100
+PSEUDO_LR = 1e-4
+FINETUNE_EPOCHS = 200
+FINETUNE_LR = 1e-4
+STUDENT_SCHEDULE = "staged"  # "staged": pseudo epochs, then fine-tune; "joint": mixed batches
+PROMOTE_ALWAYS = False  # True: the thesis's behaviour, the student replaces the teacher even when worse
+PSEUDO_THRESHOLD = 0.0  # pixels whose teacher confidence is below become ignore
+PSEUDO_TTA = False  # pseudo-labels from softmax averaged over flips and TTA_SCALES
+TTA_SCALES = [0.75, 1.0, 1.25]
+STRONG_AUG = False  # colour jitter, grayscale, blur and CutMix on pseudo-labeled crops
+# Running
+DEVICE = "auto"
+SEED = 0
+COMPILE = False  # torch.compile the training model (CUDA)
+SYNC_BN = False  # synchronised BatchNorm under torchrun
+SAVE_DIR = "saved_models/pseudo_cam"
+RUN_DIR = ""  # "" = runs/<date-time>_cam/, or the unfinished run of the same config
+RESUME = True
+
+DEMO = dict(DATA_ROOT="data/demo_camvid", SAVE_DIR="saved_models/demo_cam", PRETRAINED=False, BATCH_SIZE=8,
+            CROP_SIZE=96, TEACHER_EPOCHS=24, EVAL_EACH=4, NO_ITER=2, PSEUDO_EPOCHS=4, FINETUNE_EPOCHS=8,
+            PSEUDO_LR=1e-3, FINETUNE_LR=1e-3, PSEUDO_THRESHOLD=0.0)
+
+
+def main(argv: list[str]) -> None:
+    from data.synthetic import make_street_scenes
+    from utils.config import configure
+    from utils.dist import setup, teardown
+    from utils.records import Run, choose_run_dir
+    from utils.segmentation import CamVidSelfTraining
+
+    cfg = configure(globals(), argv, DEMO)
+    rt = setup(cfg.device)
+    if cfg.demo and rt.is_main:
+        make_street_scenes(cfg.data_root)
+    rt.barrier()
+    run = Run(choose_run_dir(cfg, "cam"), cfg, writer=rt.is_main)
+    loop = CamVidSelfTraining(cfg, rt, run)
+
+    teacher = loop.train_teacher()
+    for iteration in range(1, cfg.no_iter + 1):
+        teacher = loop.iterate(teacher, iteration)
+    loop.finish()
+    teardown()
+
+
+if __name__ == "__main__":
+    from utils.errors import UserError
+
+    try:
+        main(sys.argv[1:])
+    except UserError as error:
+        sys.exit(f"error: {error}")

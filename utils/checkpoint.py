@@ -1,0 +1,95 @@
+"""Checkpoints: written atomically, read with `weights_only=True`, inspectable from the shell.
+
+A checkpoint is a dict of tensors and plain Python values only (no pickled objects), so loading
+one can never run code. Best checkpoints keep the thesis's fields (`iteration`, `epoch`,
+`state_dict`, `optimizer`, `val_iou` or `val_acc`) plus the run's config; resume checkpoints add
+the scheduler, the gradient scaler and the random states.
+
+    python -m utils.checkpoint saved_models/pseudo_cam/teacher_best.pth.tar
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import pickle
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from utils.errors import UserError
+from utils.io import atomic_open
+
+
+def save_checkpoint(path: str | os.PathLike, **fields: Any) -> None:
+    fields.setdefault("saved_at", datetime.datetime.now().isoformat(timespec="seconds"))
+    with atomic_open(path, "wb") as f:
+        torch.save(fields, f)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"Checkpoint {path} does not exist. Train the model first, or check SAVE_DIR.")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as error:
+        raise UserError(f"Checkpoint {path} is damaged or not a checkpoint ({str(error).splitlines()[0]}). "
+                        "Delete it and train again, or restore a copy.") from error
+
+
+def load_weights(model: nn.Module, checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
+    """Loads `checkpoint['state_dict']`, explaining a mismatch (another class count, another model)."""
+    state = checkpoint.get("state_dict")
+    if state is None:
+        raise UserError(f"{path} holds no 'state_dict': it is not a model checkpoint of this project.")
+    own = model.state_dict()
+    for name, tensor in state.items():
+        if name in own and own[name].shape != tensor.shape:
+            raise UserError(f"{path} does not fit this model: {name} is {tuple(tensor.shape)} there and "
+                            f"{tuple(own[name].shape)} here. Was it trained with another number of classes "
+                            "or another architecture?")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"{path} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}.")
+
+
+def parameter_count(state_dict: dict[str, torch.Tensor]) -> int:
+    """Learned parameters only: BatchNorm's running statistics and counters are not parameters."""
+    skip = ("running_mean", "running_var", "num_batches_tracked")
+    return sum(t.numel() for name, t in state_dict.items() if not name.endswith(skip))
+
+
+def describe(checkpoint: dict[str, Any]) -> str:
+    lines = []
+    for key in ("phase", "iteration", "epoch", "val_iou", "val_acc", "best_score", "saved_at"):
+        if key in checkpoint:
+            lines.append(f"{key:>12}: {checkpoint[key]}")
+    if "state_dict" in checkpoint:
+        lines.append(f"{'parameters':>12}: {parameter_count(checkpoint['state_dict']):,}")
+    others = sorted(set(checkpoint) - {"config", "state_dict", "phase", "iteration", "epoch", "val_iou",
+                                       "val_acc", "best_score", "saved_at"})
+    if others:
+        lines.append(f"{'also holds':>12}: {', '.join(others)}")
+    for key, value in checkpoint.get("config", {}).items():
+        lines.append(f"{'config':>12}  {key} = {value!r}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Print what a checkpoint of this project holds.")
+    parser.add_argument("paths", nargs="+", help="checkpoint files (.pth.tar)")
+    args = parser.parse_args(argv)
+    try:
+        for path in args.paths:
+            print(f"{path}\n{describe(load_checkpoint(path))}")
+    except UserError as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()

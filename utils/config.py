@@ -1,0 +1,90 @@
+"""A tiny configurator in the spirit of nanoGPT's: the entry script's UPPER_CASE constants are the
+configuration, and `--lower_case_name=value` on the command line overrides any of them.
+
+Values are parsed to the type of the constant they override, so a typo fails at start-up with a
+message instead of hours later; fractions like `--labeled_fraction=1/8` are accepted for floats.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+from fractions import Fraction
+from typing import Any, Mapping, Sequence
+
+from utils.errors import UserError
+
+SIMPLE_TYPES = (bool, int, float, str, list)
+
+
+class Config(dict):
+    """The run's settings by lower-case name; attribute access for reading (`cfg.batch_size`)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def constants_of(namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """The UPPER_CASE constants of a module namespace, by lower-case name."""
+    return {k.lower(): v for k, v in namespace.items()
+            if k.isupper() and not k.startswith("_") and isinstance(v, SIMPLE_TYPES)}
+
+
+def parse_value(name: str, text: str, default: Any) -> Any:
+    """`text` as the type of `default`; a clear error naming the constant when it does not parse."""
+    try:
+        if isinstance(default, bool):
+            lowered = text.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(Fraction(text)) if "/" in text else float(text)
+        if isinstance(default, list):
+            items = json.loads(text) if text.startswith("[") else [t for t in text.split(",") if t]
+            kind = type(default[0]) if default else str
+            return [parse_value(name, str(item), kind()) for item in items]
+        return text
+    except (ValueError, ZeroDivisionError, json.JSONDecodeError):
+        kind = type(default).__name__
+        raise UserError(f"--{name}={text}: expected a {kind} like the default {name.upper()} = {default!r}.") from None
+
+
+def configure(namespace: Mapping[str, Any], argv: Sequence[str],
+              demo_overrides: Mapping[str, Any] | None = None) -> Config:
+    """Constants of `namespace`, then the demo's if `--demo` is given, then `--name=value` overrides."""
+    defaults = constants_of(namespace)
+    cfg = Config(defaults)
+    overrides: dict[str, str] = {}
+    demo = False
+    for arg in argv:
+        if arg == "--demo":
+            demo = True
+            continue
+        if arg in ("-h", "--help"):
+            raise UserError(usage(defaults))
+        if not arg.startswith("--") or "=" not in arg:
+            raise UserError(f"Cannot read argument {arg!r}: write --name=value (e.g. --batch_size=8), or --demo.")
+        name, text = arg[2:].split("=", 1)
+        if name not in defaults:
+            close = difflib.get_close_matches(name, defaults, n=1)
+            hint = f" Did you mean --{close[0]}?" if close else ""
+            raise UserError(f"Unknown constant --{name}.{hint} Valid names: {', '.join(sorted(defaults))}.")
+        overrides[name] = text
+    if demo:
+        cfg.update({k.lower(): v for k, v in (demo_overrides or {}).items()})
+    cfg.update({name: parse_value(name, text, defaults[name]) for name, text in overrides.items()})
+    cfg["demo"] = demo
+    return cfg
+
+
+def usage(defaults: Mapping[str, Any]) -> str:
+    lines = ["Override any constant as --name=value; --demo runs on generated data. Constants and defaults:"]
+    lines += [f"  --{name}={json.dumps(value)}" for name, value in defaults.items()]
+    return "\n".join(lines)

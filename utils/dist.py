@@ -1,0 +1,106 @@
+"""Where the run executes: the device, and this process's place among torchrun's processes.
+
+A plain `python semisup_cam.py` is a world of one; under `torchrun --nproc_per_node=N` every
+process joins a process group (NCCL on CUDA, gloo on CPU) and works on its shard of each epoch.
+Everything else in the project asks `Runtime` instead of checking environment variables itself.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as td
+from torch import nn
+
+from utils.errors import UserError
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 on CUDA (no loss scaling needed); full precision on the CPU, where bf16 is slow."""
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def barrier(self) -> None:
+        if self.distributed:
+            td.barrier()
+
+    def prepare(self, model: nn.Module, sync_bn: bool = False) -> nn.Module:
+        """On the device, channels-last on CUDA (faster convolutions), synchronised BatchNorm if asked."""
+        if sync_bn and self.distributed:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = model.to(self.device)
+        if self.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """DistributedDataParallel around `model` when there are several processes, else `model`."""
+        if not self.distributed:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present; an explicit 'cuda' without a GPU is an error, not a silent CPU run."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"DEVICE={name} but PyTorch sees no GPU here. Use --device=cpu or --device=auto.")
+    try:
+        return torch.device(name)
+    except RuntimeError as error:
+        raise UserError(f"DEVICE={name} is not a device PyTorch knows (try auto, cpu, cuda, cuda:1).") from error
+
+
+def setup(device_name: str) -> Runtime:
+    """Joins torchrun's process group when launched by torchrun; sets fast CUDA defaults."""
+    device = resolve_device(device_name)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if device.type == "cuda":
+        if world > 1:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if world > 1 and not td.is_initialized():
+        td.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Runtime(device, rank, world)
+
+
+def teardown() -> None:
+    if td.is_available() and td.is_initialized():
+        td.destroy_process_group()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DistributedDataParallel (or torch.compile), whose state dict is portable."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)

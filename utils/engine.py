@@ -1,0 +1,235 @@
+"""Training and evaluation, shared by the CamVid and the CIFAR-10 experiments.
+
+`fit` runs one phase (the teacher, a student's pseudo-label epochs, its fine-tuning) from
+wherever the run directory says it stopped: it restores model, optimizer, scheduler and random
+states from the phase's last checkpoint, writes that checkpoint after every epoch, keeps the
+best validation checkpoint, and records the phase as done. Everything a phase needs that differs
+between the tasks (the batches, the optimizer, the validation) is passed in.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from utils.dist import Runtime, unwrap
+from utils.errors import UserError
+from utils.metrics import ConfusionMatrix
+from utils.records import Run
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class TrainingDiverged(UserError):
+    pass
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Mean over the pixels (or samples) that are not ignored; 0 when a batch is all ignored.
+
+    PyTorch's mean reduction divides by zero there and poisons the weights with NaN, which a high
+    pseudo-label threshold makes likely.
+    """
+    total = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
+    return total / (target != ignore_index).sum().clamp(min=1)
+
+
+def batch_indices(n: int, batch_size: int, generator: torch.Generator, rt: Runtime) -> torch.Tensor:
+    """A shuffled epoch as (steps, batch_size // world) indices: this process's share of each batch.
+
+    The last incomplete batch is dropped (BatchNorm dislikes tiny batches); a set smaller than one
+    batch gives one batch of all of it.
+    """
+    order = torch.randperm(n, generator=generator)
+    batch_size = min(batch_size, n)
+    steps = n // batch_size
+    batches = order[: steps * batch_size].view(steps, batch_size)
+    return batches[:, rt.rank :: rt.world]
+
+
+def train_one_epoch(model: nn.Module, batches: Iterable[Batch], steps: int, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, loss_fn: Callable, rt: Runtime,
+                    desc: str = "train") -> float:
+    """One pass over `batches`; returns the mean loss (one device sync per epoch, plus the bar's)."""
+    model.train()
+    total = torch.zeros((), device=rt.device)
+    bar = tqdm(batches, total=steps, desc=desc, leave=False, disable=not rt.is_main, dynamic_ncols=True)
+    for step, (images, target) in enumerate(bar):
+        with rt.autocast():
+            loss = loss_fn(model(images), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += loss.detach()
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    if rt.distributed:
+        torch.distributed.all_reduce(total)
+        total /= rt.world
+    return total.item() / max(steps, 1)
+
+
+@torch.inference_mode()
+def predict_probs(model: nn.Module, images: torch.Tensor, rt: Runtime, scales: Sequence[float] = (1.0,),
+                  flip: bool = False) -> torch.Tensor:
+    """Softmax of one batch, averaged over `scales` and, with `flip`, horizontal mirroring.
+
+    Segmentation logits are resized back to the input size before averaging; classification
+    logits (B,C) need no resizing, and mirrored images give them a second view just the same.
+    """
+    model.eval()
+    images = images.to(rt.device, non_blocking=True)
+    size = images.shape[-2:]
+    total = None
+    views = 0
+    for scale in scales:
+        scaled = images.float() if scale == 1 else F.interpolate(images.float(), scale_factor=scale,
+                                                                  mode="bilinear", align_corners=False)
+        for mirrored in ((False, True) if flip else (False,)):
+            with rt.autocast():
+                logits = model(scaled.flip(-1) if mirrored else scaled).float()
+            if logits.ndim == 4:
+                logits = logits.flip(-1) if mirrored else logits
+                if logits.shape[-2:] != size:
+                    logits = F.interpolate(logits, size, mode="bilinear", align_corners=False)
+            probs = logits.softmax(1)
+            total = probs if total is None else total + probs
+            views += 1
+    return total / views
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, batch_size: int,
+             rt: Runtime) -> ConfusionMatrix:
+    """Confusion matrix of `model` on a labeled set, each process taking every world-th batch."""
+    model.eval()
+    cm = ConfusionMatrix(num_classes, rt.device)
+    starts = range(rt.rank * batch_size, len(images), batch_size * rt.world)
+    for start in tqdm(starts, desc="eval", leave=False, disable=not rt.is_main, dynamic_ncols=True):
+        batch = images[start : start + batch_size].to(rt.device, non_blocking=True)
+        with rt.autocast():
+            logits = model(batch)
+        cm.update(labels[start : start + batch_size].to(rt.device, non_blocking=True), logits.argmax(1))
+    cm.reduce()
+    return cm
+
+
+@dataclass
+class Phase:
+    """What one phase trains on and how. `batches(generator)` yields an epoch of augmented batches."""
+
+    name: str
+    iteration: int
+    epochs: int
+    steps_per_epoch: int
+    batches: Callable[[torch.Generator], Iterator[Batch]]
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    make_optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+    lr_min: float
+    seed: int
+
+
+@dataclass
+class Best:
+    """Where the best checkpoint of a model goes and which score it has to beat."""
+
+    path: Path
+    metric: str  # the thesis's field name: val_iou or val_acc
+    score: float = -math.inf
+    epoch: int = 0
+
+
+def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+    state = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def fit(model: nn.Module, phase: Phase, best: Best, run: Run, rt: Runtime,
+        validate: Callable[[nn.Module], tuple[float, dict[str, Any]]], eval_each: int,
+        compile_model: bool = False) -> dict[str, Any]:
+    """Trains `model` through `phase`, resuming it if it was interrupted, skipping it if it is done.
+
+    On return `model` holds the phase's final weights and `best` the best score seen (its
+    checkpoint on disk). Returns the phase's record: best score and epoch, final loss, seconds.
+    """
+    last_path = run.last_checkpoint(phase.name)
+    finished = run.done(phase.name)
+    if finished is not None:
+        load_weights(model, load_checkpoint(last_path), last_path)
+        best.score, best.epoch = finished["best_score"], finished["best_epoch"]
+        return finished
+
+    optimizer = phase.make_optimizer(model.parameters())
+    total_steps = max(1, phase.epochs * phase.steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps, eta_min=phase.lr_min)
+    generator = torch.Generator().manual_seed(phase.seed)
+    start_epoch, seconds, loss = 0, 0.0, math.nan
+    if last_path.is_file():
+        state = load_checkpoint(last_path)
+        load_weights(model, state, last_path)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _restore_rng(state["rng"], generator)
+        start_epoch, seconds, loss = state["epoch"], state["seconds"], state["loss"]
+        best.score, best.epoch = state["best_score"], state["best_epoch"]
+
+    train_model = rt.wrap(model)
+    if compile_model:
+        train_model = torch.compile(train_model)
+    bar = tqdm(range(start_epoch + 1, phase.epochs + 1), desc=phase.name, initial=start_epoch, total=phase.epochs,
+               disable=not rt.is_main, dynamic_ncols=True)
+    for epoch in bar:
+        began = time.perf_counter()
+        loss = train_one_epoch(train_model, phase.batches(generator), phase.steps_per_epoch, optimizer, scheduler,
+                               phase.loss_fn, rt, desc=f"epoch {epoch}")
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"The loss of phase {phase.name} became {loss} in epoch {epoch}. The last good state is kept in "
+                f"{last_path if last_path.is_file() else best.path}. Lower the learning rate and re-run.")
+        seconds += time.perf_counter() - began
+        entry = {"phase": phase.name, "iteration": phase.iteration, "epoch": epoch, "loss": loss,
+                 "lr": scheduler.get_last_lr()[0], "seconds": round(seconds, 3)}
+        if epoch % eval_each == 0 or epoch == phase.epochs:
+            score, details = validate(model)
+            entry.update(score=score, **details)
+            if score > best.score:
+                best.score, best.epoch = score, epoch
+                if rt.is_main:
+                    save_checkpoint(best.path, iteration=phase.iteration, epoch=epoch, phase=phase.name,
+                                    state_dict=model.state_dict(), optimizer=optimizer.state_dict(),
+                                    **{best.metric: score}, config=dict(run.config))
+            bar.set_postfix(loss=f"{loss:.3f}", val=f"{score:.2f}", best=f"{best.score:.2f}")
+        run.log(**entry)
+        if rt.is_main:
+            save_checkpoint(last_path, phase=phase.name, iteration=phase.iteration, epoch=epoch,
+                            state_dict=model.state_dict(), optimizer=optimizer.state_dict(),
+                            scheduler=scheduler.state_dict(), rng=_rng_state(generator), loss=loss,
+                            seconds=seconds, best_score=best.score, best_epoch=best.epoch, config=dict(run.config))
+        rt.barrier()
+    result = {"best_score": best.score, "best_epoch": best.epoch, "epochs": phase.epochs, "loss": loss,
+              "seconds": round(seconds, 3)}
+    if rt.is_main:
+        # The optimizer state is only needed to resume inside the phase: keep the final weights alone.
+        save_checkpoint(last_path, phase=phase.name, iteration=phase.iteration, epoch=phase.epochs,
+                        state_dict=model.state_dict(), best_score=best.score, config=dict(run.config))
+    run.mark_done(phase.name, result)
+    rt.barrier()
+    return result

@@ -1,0 +1,93 @@
+"""Every score in the project comes from one confusion matrix.
+
+Segmentation (IoU, recall, precision, pixel accuracy) and classification (accuracy) are both
+read off a `ConfusionMatrix`, filled with one `bincount` on the device the predictions live on,
+so no metric is computed two ways and none needs a per-pixel Python loop.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+class ConfusionMatrix:
+    """Counts of (true class, predicted class); rows are the truth. Targets >= num_classes are ignored."""
+
+    def __init__(self, num_classes: int, device: torch.device | str = "cpu"):
+        self.num_classes = num_classes
+        self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+
+    def update(self, target: torch.Tensor, pred: torch.Tensor) -> None:
+        n = self.num_classes
+        target = target.reshape(-1).to(self.mat.device, torch.int64)
+        pred = pred.reshape(-1).to(self.mat.device, torch.int64)
+        keep = (target >= 0) & (target < n)
+        self.mat += torch.bincount(target[keep] * n + pred[keep], minlength=n * n).view(n, n)
+
+    def reduce(self) -> None:
+        """Sums the matrices of all processes, so every rank holds the whole dataset's counts."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(self.mat)
+
+    @property
+    def counts(self) -> torch.Tensor:
+        return self.mat.double().cpu()
+
+    def iou(self) -> torch.Tensor:
+        """Per-class IoU in percent; NaN for a class absent from both truth and prediction."""
+        m = self.counts
+        tp = m.diag()
+        return 100 * tp / (m.sum(0) + m.sum(1) - tp)
+
+    def recall(self) -> torch.Tensor:
+        m = self.counts
+        return 100 * m.diag() / m.sum(1)
+
+    def precision(self) -> torch.Tensor:
+        m = self.counts
+        return 100 * m.diag() / m.sum(0)
+
+    def pixel_accuracy(self) -> float:
+        m = self.counts
+        return float(100 * m.diag().sum() / m.sum()) if m.sum() > 0 else float("nan")
+
+    accuracy = pixel_accuracy  # classification reads the same number as accuracy
+
+    def miou(self) -> float:
+        return _nanmean(self.iou())
+
+    def summary(self, class_names: Sequence[str]) -> dict:
+        """Plain-Python numbers for records: means, and per-class IoU keyed by class name."""
+        return {
+            "miou": self.miou(),
+            "mean_recall": _nanmean(self.recall()),
+            "mean_precision": _nanmean(self.precision()),
+            "pixel_acc": self.pixel_accuracy(),
+            "per_class_iou": {name: _plain(v) for name, v in zip(class_names, self.iou().tolist())},
+        }
+
+    def table(self, class_names: Sequence[str]) -> str:
+        """An aligned table: one row per class, then the means."""
+        width = max(len(name) for name in (*class_names, "pixel accuracy"))
+        rows = [f"{'class':<{width}}  {'IoU':>6}  {'recall':>6}  {'prec.':>6}"]
+        for name, iou, rec, prec in zip(class_names, self.iou(), self.recall(), self.precision()):
+            rows.append(f"{name:<{width}}  {_fmt(iou)}  {_fmt(rec)}  {_fmt(prec)}")
+        rows.append(f"{'mean':<{width}}  {_fmt(self.miou())}  {_fmt(_nanmean(self.recall()))}  "
+                    f"{_fmt(_nanmean(self.precision()))}")
+        rows.append(f"{'pixel accuracy':<{width}}  {_fmt(self.pixel_accuracy())}")
+        return "\n".join(rows)
+
+
+def _nanmean(values: torch.Tensor) -> float:
+    valid = values[~values.isnan()]
+    return float(valid.mean()) if valid.numel() else float("nan")
+
+
+def _plain(value: float) -> float | None:
+    return None if value != value else round(value, 4)
+
+
+def _fmt(value: float) -> str:
+    value = float(value)
+    return f"{'-':>6}" if value != value else f"{value:6.2f}"

@@ -1,0 +1,129 @@
+"""The run directory: what a run was asked to do, what it measured, and how far it got.
+
+    runs/<date-time>_<name>/
+        config.json      every constant of the run; the same config resumes the run
+        metrics.jsonl    one line per evaluation (phase, iteration, epoch, loss, lr, score, ...)
+        summary.json     teacher and per-iteration results, timings (percent values)
+        progress.json    finished phases and their results, so a re-run skips them
+        last_<phase>.pth.tar   resume state of each phase
+
+Re-running the same command finds the unfinished run whose config.json matches and carries on.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from utils.errors import UserError
+from utils.io import append_jsonl, write_json
+
+# Settings that may change between a run and its resumption without changing the experiment.
+NOT_PART_OF_EXPERIMENT = ("run_dir", "resume")
+
+
+def experiment(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in NOT_PART_OF_EXPERIMENT}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise UserError(f"{path} cannot be read ({error}). Delete the run directory or pass --resume=False.") from error
+
+
+def find_unfinished(base: Path, name: str, config: Mapping[str, Any]) -> Path | None:
+    """The newest run under `base` with this experiment's config that has not finished."""
+    for folder in sorted(base.glob(f"*_{name}"), reverse=True):
+        config_path, summary_path = folder / "config.json", folder / "summary.json"
+        if not config_path.is_file():
+            continue
+        try:
+            same = experiment(json.loads(config_path.read_text())) == experiment(config)
+            finished = summary_path.is_file() and json.loads(summary_path.read_text()).get("finished", False)
+        except (OSError, json.JSONDecodeError):
+            continue
+        if same and not finished:
+            return folder
+    return None
+
+
+def choose_run_dir(config: Mapping[str, Any], name: str, base: str = "runs") -> Path:
+    """RUN_DIR if given; else the unfinished run of the same config (when RESUME); else a new folder."""
+    if config["run_dir"]:
+        return Path(config["run_dir"])
+    if config["resume"]:
+        found = find_unfinished(Path(base), name, config)
+        if found is not None:
+            return found
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(base) / f"{stamp}_{name}"
+
+
+class Run:
+    """One run directory. Only the main process writes; the others read."""
+
+    def __init__(self, folder: Path, config: Mapping[str, Any], writer: bool = True):
+        self.folder = folder
+        self.writer = writer
+        self.config = dict(config)
+        self.resumed = (folder / "config.json").is_file()
+        if self.resumed:
+            self._check_same_config()
+        if writer:
+            self._prepare_folder()
+        self.progress: dict[str, Any] = _read_json(self.progress_path) if self.progress_path.is_file() else {}
+        self.summary: dict[str, Any] = (_read_json(self.summary_path) if self.summary_path.is_file() and self.progress
+                                        else {"teacher": {}, "iterations": [], "timings_s": {}, "finished": False})
+
+    @property
+    def progress_path(self) -> Path:
+        return self.folder / "progress.json"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.folder / "summary.json"
+
+    def _check_same_config(self) -> None:
+        saved = experiment(_read_json(self.folder / "config.json"))
+        if not self.config["resume"]:
+            return
+        differing = sorted(k for k in set(saved) | set(experiment(self.config)) if saved.get(k) != self.config.get(k))
+        if differing:
+            details = ", ".join(f"{k}: {saved.get(k)!r} there, {self.config.get(k)!r} now" for k in differing[:6])
+            raise UserError(f"{self.folder} holds a run with another config ({details}). Use another --run_dir, "
+                            "or --resume=False to start that run over.")
+
+    def _prepare_folder(self) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if not self.config["resume"]:
+                for stale in ("progress.json", "summary.json", "metrics.jsonl"):
+                    (self.folder / stale).unlink(missing_ok=True)
+                for stale in self.folder.glob("last_*.pth.tar"):
+                    stale.unlink()
+            write_json(self.folder / "config.json", self.config)
+        except OSError as error:
+            raise UserError(f"Cannot write the run directory {self.folder} ({error.strerror}). "
+                            "Choose a writable place with --run_dir=PATH.") from error
+
+    def done(self, phase: str) -> dict[str, Any] | None:
+        return self.progress.get(phase)
+
+    def mark_done(self, phase: str, result: Mapping[str, Any]) -> None:
+        self.progress[phase] = dict(result)
+        if self.writer:
+            write_json(self.progress_path, self.progress)
+
+    def log(self, **entry: Any) -> None:
+        if self.writer:
+            append_jsonl(self.folder / "metrics.jsonl", entry)
+
+    def save_summary(self) -> None:
+        if self.writer:
+            write_json(self.summary_path, self.summary)
+
+    def last_checkpoint(self, phase: str) -> Path:
+        return self.folder / f"last_{phase}.pth.tar"

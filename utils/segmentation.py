@@ -1,0 +1,175 @@
+"""The CamVid experiment's task: SwiftNet on images in memory, mIoU, pseudo-labels as PNGs.
+
+Everything here plugs into the shared loop of utils/selftrain.py; what is particular to
+segmentation (crops with ignore padding, the confusion-matrix table, pseudo-label files, the
+labeled/unlabeled split of the train images) lives in this file.
+"""
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from data.camvid import SegmentationSet, load_labels, load_split, load_unlabeled
+from data.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
+from data.transforms import cutmix, photometric, scale_crop_flip
+from models.swiftnet import CAMVID_MEAN, swiftnet_rn18
+from utils.config import Config
+from utils.dist import Runtime
+from utils.engine import Batch, Phase, batch_indices, cross_entropy, evaluate
+from utils.errors import UserError
+from utils.io import write_json
+from utils.pseudo import label_frames, pseudo_folder, pseudo_quality
+from utils.records import Run
+from utils.selftrain import Candidate, SelfTraining
+
+
+def split_names(names: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """The split protocol: a seeded `fraction` of the train images keeps its labels, the rest does not."""
+    if not 0 < fraction <= 1:
+        raise UserError(f"LABELED_FRACTION={fraction} must be in (0, 1], e.g. 1/8.")
+    count = max(1, round(fraction * len(names)))
+    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
+    labeled = sorted(names[i] for i in order[:count])
+    unlabeled = sorted(names[i] for i in order[count:])
+    return labeled, unlabeled
+
+
+def read_split_file(path: str | Path, names: list[str]) -> tuple[list[str], list[str]]:
+    try:
+        split = json.loads(Path(path).read_text())
+        labeled, unlabeled = list(split["labeled"]), list(split["unlabeled"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise UserError(f"SPLIT_FILE={path} cannot be read ({error}); it must be JSON with 'labeled' and "
+                        "'unlabeled' lists of file names, like the split.json of a run directory.") from error
+    unknown = sorted(set(labeled + unlabeled) - set(names))
+    if unknown or set(labeled) & set(unlabeled):
+        raise UserError(f"SPLIT_FILE={path} does not fit the train images: unknown names {unknown[:3]}, "
+                        f"{len(set(labeled) & set(unlabeled))} names both labeled and unlabeled.")
+    return labeled, unlabeled
+
+
+class CamVidSelfTraining(SelfTraining):
+    metric_key = "val_iou"
+    score_key = "miou"
+
+    def __init__(self, cfg: Config, rt: Runtime, run: Run):
+        super().__init__(cfg, rt, run)
+        root = Path(cfg.data_root)
+        device = rt.device if cfg.data_on_device else torch.device("cpu")
+        train = load_split(root, "train", cfg.image_scale)
+        self.val = load_split(root, "val", cfg.image_scale).to(device)
+        self.test_set = load_split(root, "test", cfg.image_scale).to(device)
+        self.labeled, self.unlabeled = self._divide(train, root)
+        self.labeled = self.labeled.to(device)
+        self.unlabeled = self.unlabeled.to(device) if self.unlabeled is not None else None
+        self.pseudo: SegmentationSet | None = None
+
+    def _divide(self, train: SegmentationSet, root: Path) -> tuple[SegmentationSet, SegmentationSet | None]:
+        """Labeled images, and the unlabeled ones: a share of train (split protocol) or the frames folder."""
+        cfg = self.cfg
+        if cfg.labeled_fraction >= 1 and not cfg.split_file:
+            if cfg.no_iter == 0:
+                return train, None
+            return train, load_unlabeled(root / "unlabeled" / "train", cfg.image_scale, cfg.max_unlabeled)
+        if cfg.split_file:
+            labeled, unlabeled = read_split_file(cfg.split_file, train.names)
+        else:
+            labeled, unlabeled = split_names(train.names, cfg.labeled_fraction, cfg.seed)
+        if cfg.max_unlabeled > 0:
+            unlabeled = unlabeled[: cfg.max_unlabeled]
+        if self.rt.is_main:
+            write_json(self.run.folder / "split.json", {"labeled": labeled, "unlabeled": unlabeled})
+        position = {name: i for i, name in enumerate(train.names)}
+        return (train.subset([position[n] for n in labeled]), train.subset([position[n] for n in unlabeled]))
+
+    def new_model(self) -> nn.Module:
+        model = swiftnet_rn18(NUM_CLASSES, self.cfg.pretrained, self.cfg.pretrained_path)
+        return self.rt.prepare(model, self.cfg.sync_bn)
+
+    # Batches: indexing the in-memory tensors, then augmenting on the device in one go.
+    def _augmented(self, data: SegmentationSet, index: torch.Tensor, generator: torch.Generator,
+                   strong: bool) -> Batch:
+        device = self.rt.device
+        images = data.images[index.to(data.images.device)].to(device, non_blocking=True)
+        labels = data.labels[index.to(data.labels.device)].to(device, non_blocking=True)
+        images, labels = scale_crop_flip(images, labels, self.cfg.crop_size, CAMVID_MEAN, IGNORE_INDEX, generator)
+        if strong:
+            images, labels = cutmix(photometric(images, generator), labels, generator)
+        return images, labels
+
+    def _phase(self, name: str, iteration: int, epochs: int, lr: float, data: SegmentationSet, strong: bool) -> Phase:
+        def batches(generator: torch.Generator) -> Iterator[Batch]:
+            for index in batch_indices(len(data), self.cfg.batch_size, generator, self.rt):
+                yield self._augmented(data, index, generator, strong)
+
+        steps = len(data) // min(self.cfg.batch_size, len(data))
+        return self._make_phase(name, iteration, epochs, lr, steps, batches)
+
+    def _make_phase(self, name: str, iteration: int, epochs: int, lr: float, steps: int,
+                    batches: Callable[[torch.Generator], Iterator[Batch]]) -> Phase:
+        cfg = self.cfg
+        return Phase(name=name, iteration=iteration, epochs=epochs, steps_per_epoch=steps, batches=batches,
+                     loss_fn=lambda logits, target: cross_entropy(logits, target, IGNORE_INDEX),
+                     make_optimizer=lambda params: torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay),
+                     lr_min=cfg.lr_min, seed=cfg.seed * 1009 + zlib.crc32(name.encode()))
+
+    def labeled_phase(self, name: str, iteration: int, epochs: int, lr: float) -> Phase:
+        return self._phase(name, iteration, epochs, lr, self.labeled, strong=False)
+
+    def pseudo_phase(self, name: str, iteration: int, epochs: int, lr: float) -> Phase:
+        return self._phase(name, iteration, epochs, lr, self.pseudo, strong=self.cfg.strong_aug)
+
+    def joint_phase(self, name: str, iteration: int, epochs: int, lr: float) -> Phase:
+        """Each batch is half labeled crops, half pseudo-labeled crops; an epoch is one pass over the pseudo set."""
+        half = max(1, self.cfg.batch_size // 2)
+        pseudo, labeled, strong = self.pseudo, self.labeled, self.cfg.strong_aug
+
+        def batches(generator: torch.Generator) -> Iterator[Batch]:
+            def labeled_indices() -> Iterator[torch.Tensor]:
+                while True:
+                    yield from batch_indices(len(labeled), half, generator, self.rt)
+
+            for p_index, l_index in zip(batch_indices(len(pseudo), half, generator, self.rt), labeled_indices()):
+                p_images, p_labels = self._augmented(pseudo, p_index, generator, strong)
+                l_images, l_labels = self._augmented(labeled, l_index, generator, False)
+                yield torch.cat([l_images, p_images]), torch.cat([l_labels, p_labels])
+
+        steps = len(pseudo) // min(half, len(pseudo))
+        return self._make_phase(name, iteration, epochs, lr, steps, batches)
+
+    def validate(self, model: nn.Module) -> tuple[float, dict[str, Any]]:
+        cm = evaluate(model, self.val.images, self.val.labels, NUM_CLASSES, self.cfg.eval_batch_size, self.rt)
+        return cm.miou(), {"val_miou": cm.miou(), "val_per_class_iou": cm.summary(CLASS_NAMES)["per_class_iou"]}
+
+    def test(self, model: nn.Module, title: str) -> dict[str, Any]:
+        cm = evaluate(model, self.test_set.images, self.test_set.labels, NUM_CLASSES, self.cfg.eval_batch_size,
+                      self.rt)
+        if self.rt.is_main:
+            tqdm.write(f"\nTest set, {title}:\n{cm.table(CLASS_NAMES)}\n")
+        summary = cm.summary(CLASS_NAMES)
+        return {"test_miou": summary["miou"], "test_pixel_acc": summary["pixel_acc"],
+                "per_class_iou": summary["per_class_iou"]}
+
+    def pseudo_label(self, teacher: nn.Module, iteration: int, teacher_info: Candidate) -> dict[str, Any]:
+        cfg = self.cfg
+        if self.unlabeled is None or len(self.unlabeled) == 0:
+            raise UserError("There are no unlabeled images to pseudo-label: put frames in "
+                            f"{Path(cfg.data_root) / 'unlabeled' / 'train'} or use --labeled_fraction=1/8.")
+        folder = pseudo_folder(cfg.pseudo_root or Path(cfg.data_root) / "unlabeled", iteration)
+        identity = {"run": str(self.run.folder), "teacher": str(teacher_info.path), "teacher_val": teacher_info.val,
+                    "threshold": cfg.pseudo_threshold, "tta": cfg.pseudo_tta, "tta_scales": cfg.tta_scales,
+                    "image_scale": cfg.image_scale, "frames": len(self.unlabeled)}
+        scales = cfg.tta_scales if cfg.pseudo_tta else [1.0]
+        label_frames(teacher, self.unlabeled, folder, identity, self.rt, IGNORE_INDEX, cfg.eval_batch_size,
+                     cfg.pseudo_threshold, scales, flip=cfg.pseudo_tta)
+        paths = [folder / f"{name}.png" for name in self.unlabeled.names]
+        labels = load_labels(paths, cfg.image_scale).to(self.unlabeled.images.device)
+        self.pseudo = SegmentationSet(self.unlabeled.images, labels, self.unlabeled.names, self.unlabeled.source_size)
+        truth = None if self.unlabeled.labels is None else self.unlabeled.labels.cpu()
+        return pseudo_quality(labels.cpu(), truth, NUM_CLASSES, IGNORE_INDEX)

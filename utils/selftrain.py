@@ -1,0 +1,168 @@
+"""The teacher → pseudo-labels → student loop, the same for CamVid and CIFAR-10.
+
+A task (segmentation or classification) subclasses `SelfTraining` and supplies its data, model,
+phases, validation and pseudo-labeling; this class owns the order of things, the checkpoints,
+the promotion rule and the records, so both experiments behave alike and resume alike.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from tqdm import tqdm
+
+from utils.checkpoint import load_checkpoint, load_weights
+from utils.config import Config
+from utils.dist import Runtime, seed_everything
+from utils.engine import Best, Phase, fit
+from utils.records import Run
+
+
+@dataclass
+class Candidate:
+    """A trained model known by its best checkpoint and that checkpoint's validation score."""
+
+    name: str
+    path: Path
+    val: float
+
+
+class SelfTraining:
+    metric_key = "val_iou"  # field of best checkpoints (the thesis's name)
+    score_key = "miou"  # summary.json uses val_<score_key> and test_<score_key>
+
+    def __init__(self, cfg: Config, rt: Runtime, run: Run):
+        self.cfg, self.rt, self.run = cfg, rt, run
+        self.save_dir = Path(cfg.save_dir)
+
+    # What a task provides.
+    def new_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def labeled_phase(self, name: str, iteration: int, epochs: int, lr: float) -> Phase:
+        raise NotImplementedError
+
+    def pseudo_phase(self, name: str, iteration: int, epochs: int, lr: float) -> Phase:
+        raise NotImplementedError
+
+    def joint_phase(self, name: str, iteration: int, epochs: int, lr: float) -> Phase:
+        raise NotImplementedError
+
+    def validate(self, model: nn.Module) -> tuple[float, dict[str, Any]]:
+        raise NotImplementedError
+
+    def test(self, model: nn.Module, title: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def pseudo_label(self, teacher: nn.Module, iteration: int, teacher_info: Candidate) -> dict[str, Any]:
+        """Labels the unlabeled set with `teacher`, keeps it for the student, returns its quality."""
+        raise NotImplementedError
+
+    # The loop.
+    def model_from(self, candidate: Candidate) -> nn.Module:
+        model = self.new_model()
+        load_weights(model, load_checkpoint(candidate.path), candidate.path)
+        return model
+
+    def _fresh_model(self, salt: int) -> nn.Module:
+        """Seeded per model, so a resumed run builds the same initial weights as the interrupted one."""
+        seed_everything(self.cfg.seed * 1009 + salt)
+        return self.new_model()
+
+    def _fit(self, model: nn.Module, phase: Phase, best: Best) -> dict[str, Any]:
+        return fit(model, phase, best, self.run, self.rt, self.validate, self.cfg.eval_each, self.cfg.compile)
+
+    def train_teacher(self) -> Candidate:
+        cfg = self.cfg
+        began = time.perf_counter()
+        model = self._fresh_model(0)
+        best = Best(self.save_dir / "teacher_best.pth.tar", self.metric_key)
+        result = self._fit(model, self.labeled_phase("teacher", 0, cfg.teacher_epochs, cfg.teacher_lr), best)
+        teacher = Candidate("teacher", best.path, best.score)
+        if not self.run.summary["teacher"]:
+            self.run.summary["teacher"] = {f"val_{self.score_key}": best.score, "best_epoch": result["best_epoch"],
+                                           **self.test(self.model_from(teacher), "teacher")}
+            self._time("teacher", began)
+        return teacher
+
+    def train_student(self, iteration: int) -> Candidate:
+        cfg = self.cfg
+        model = self._fresh_model(iteration)
+        best = Best(self.save_dir / f"student_it{iteration}_best.pth.tar", self.metric_key)
+        if cfg.student_schedule == "joint":
+            self._fit(model, self.joint_phase(f"it{iteration}_joint", iteration, cfg.pseudo_epochs,
+                                              cfg.finetune_lr), best)
+        else:
+            self._fit(model, self.pseudo_phase(f"it{iteration}_pseudo", iteration, cfg.pseudo_epochs,
+                                               cfg.pseudo_lr), best)
+            self._fit(model, self.labeled_phase(f"it{iteration}_finetune", iteration, cfg.finetune_epochs,
+                                                cfg.finetune_lr), best)
+        return Candidate(f"student_it{iteration}", best.path, best.score)
+
+    def promote(self, teacher: Candidate, student: Candidate) -> tuple[Candidate, bool]:
+        """The student teaches the next iteration only if it validates better (or PROMOTE_ALWAYS, as the thesis)."""
+        promoted = self.cfg.promote_always or student.val > teacher.val
+        return (student if promoted else teacher), promoted
+
+    def iterate(self, teacher: Candidate, iteration: int) -> Candidate:
+        """One iteration: pseudo-label with `teacher`, train a student, test it, maybe promote it."""
+        recorded = {e["iteration"]: e for e in self.run.summary["iterations"]}
+        if iteration in recorded:
+            entry = recorded[iteration]
+            student = Candidate(f"student_it{iteration}", self.save_dir / f"student_it{iteration}_best.pth.tar",
+                                entry[f"val_{self.score_key}"])
+            return student if entry["promoted"] else teacher
+        began = time.perf_counter()
+        quality = self.pseudo_label(self.model_from(teacher), iteration, teacher)
+        self._time(f"it{iteration}_pseudo_label", began)
+        began = time.perf_counter()
+        student = self.train_student(iteration)
+        next_teacher, promoted = self.promote(teacher, student)
+        entry = {"iteration": iteration, f"val_{self.score_key}": student.val,
+                 **self.test(self.model_from(student), f"student, iteration {iteration}"),
+                 "promoted": promoted, "teacher": teacher.name, **quality}
+        self.run.summary["iterations"].append(entry)
+        self._time(f"it{iteration}_student", began)
+        self.run.summary["current_teacher"] = str(next_teacher.path)
+        self.run.save_summary()
+        self.print_iterations()
+        return next_teacher
+
+    def finish(self) -> None:
+        self.run.summary["finished"] = True
+        self.run.save_summary()
+        if self.rt.is_main:
+            tqdm.write(f"Run record: {self.run.folder}")
+
+    def _time(self, key: str, began: float) -> None:
+        timings = self.run.summary["timings_s"]
+        timings[key] = round(timings.get(key, 0.0) + time.perf_counter() - began, 2)
+        self.run.save_summary()
+
+    def print_iterations(self) -> None:
+        """The per-iteration table: teacher first, then every student."""
+        if not self.rt.is_main:
+            return
+        key = self.score_key
+        rows = [("teacher", self.run.summary["teacher"], "")]
+        rows += [(f"iteration {e['iteration']}", e, "yes" if e["promoted"] else "no")
+                 for e in self.run.summary["iterations"]]
+        extra = [k for k in ("pseudo_acc", "pseudo_pixel_acc", "pseudo_miou", "pseudo_ignored_frac")
+                 if any(k in e for _, e, _ in rows)]
+        header = f"{'model':<12} {'val ' + key:>9} {'test ' + key:>9} " + "".join(f"{k:>20}" for k in extra)
+        lines = [header + f"{'promoted':>10}"]
+        for name, e, promoted in rows:
+            values = "".join(f"{_fmt(e.get(k)):>20}" for k in extra)
+            lines.append(f"{name:<12} {_fmt(e.get('val_' + key)):>9} {_fmt(e.get('test_' + key)):>9} "
+                         f"{values}{promoted:>10}")
+        tqdm.write("\n".join(lines))
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
