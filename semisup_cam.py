@@ -13,6 +13,11 @@ Every constant below can be overridden as --lower_case_name=value.
 """
 import sys
 
+from data.synthetic import make_street_scenes
+from utils.segmentation import CamVidSelfTraining
+from utils.errors import UserError
+from utils.selftrain import start_run
+
 # Data
 DATA_ROOT = "data/camvid"  # thesis layout: train/, train_labels/, val/, ..., unlabeled/train/
 IMAGE_SCALE = 1.0  # resize images (bilinear) and labels (nearest) at load time; 0.5 for CPU runs
@@ -59,30 +64,16 @@ DEMO = dict(DATA_ROOT="data/demo_camvid", SAVE_DIR="saved_models/demo_cam", PRET
 
 
 def main(argv: list[str]) -> None:
-    from data.synthetic import make_street_scenes
-    from utils.config import configure
-    from utils.dist import setup, teardown
-    from utils.records import Run, choose_run_dir
-    from utils.segmentation import CamVidSelfTraining
-
-    cfg = configure(globals(), argv, DEMO)
-    rt = setup(cfg.device)
-    if cfg.demo and rt.is_main:
-        make_street_scenes(cfg.data_root)
-    rt.barrier()
-    run = Run(choose_run_dir(cfg, "cam"), cfg, writer=rt.is_main)
+    cfg, rt, run = start_run(globals(), argv, DEMO, "cam", make_street_scenes)
     loop = CamVidSelfTraining(cfg, rt, run)
 
     teacher = loop.train_teacher()
     for iteration in range(1, cfg.no_iter + 1):
         teacher = loop.iterate(teacher, iteration)
     loop.finish()
-    teardown()
 
 
 if __name__ == "__main__":
-    from utils.errors import UserError
-
     try:
         main(sys.argv[1:])
     except UserError as error:

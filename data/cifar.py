@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torchvision
 
+from utils.errors import UserError
+
 CIFAR_CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )
@@ -28,8 +30,11 @@ IMAGE_SHAPE = (3, 32, 32)
 ROW_LENGTH = 3 * 32 * 32
 
 
-class DataError(Exception):
-    """A data set is missing or malformed; the message says what to do about it."""
+class DataError(UserError):
+    """A data set is missing or malformed; the message says what to do about it.
+
+    A UserError, so the entry scripts print the message without a traceback.
+    """
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,7 @@ def split_labeled(
     if labels.ndim != 1 or labels.numel() == 0:
         raise ValueError(f"labels must be a non-empty 1-D tensor, got shape {tuple(labels.shape)}")
     if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
+        raise UserError(f"the labeled fraction must lie in [0, 1], got {fraction}")
     count = round(fraction * labels.numel())
     generator = torch.Generator().manual_seed(seed)
     if balanced:
@@ -94,7 +99,7 @@ def _balanced_choice(labels: torch.Tensor, count: int, generator: torch.Generato
     for cls in range(num_classes):
         members = (labels == cls).nonzero().flatten()
         if members.numel() < per_class:
-            raise ValueError(
+            raise UserError(
                 f"class {cls} has only {members.numel()} images but a balanced split needs "
                 f"{per_class} per class; lower the fraction or use an unbalanced split"
             )
@@ -140,7 +145,7 @@ def _unpickle(path: Path) -> dict[bytes, Any]:
 
 
 def _refetch_help(path: Path) -> str:
-    return f"replace it with the file from {DOWNLOAD_URL} (extract the archive into {path.parent.parent})"
+    return f"replace it with the one in {DOWNLOAD_URL} (extract the archive into {path.parent.parent})"
 
 
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -149,7 +154,7 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     data = entry.get(b"data")
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8
             and data.ndim == 2 and data.shape[1] == ROW_LENGTH):
-        found = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else repr(type(data))
+        found = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise DataError(
             f"{path}: b'data' must be a uint8 array of shape (N, {ROW_LENGTH}), found {found}; "
             f"{_refetch_help(path)}"
@@ -158,7 +163,7 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _checked_labels(path: Path, raw: Any, count: int) -> np.ndarray:
-    problem = DataError(f"{path}: b'labels' must be a list of {count} integers in 0..9; {_refetch_help(path)}")
+    problem = DataError(f"{path}: b'labels' must list {count} integers in 0..9; {_refetch_help(path)}")
     try:
         labels = np.asarray(raw, dtype=np.int64)
     except (TypeError, ValueError) as error:

@@ -20,14 +20,15 @@ import numpy as np
 
 from data.cifar import CIFAR_CLASSES, CIFAR_FOLDER, META_FILE, TEST_FILE, TRAIN_FILES
 from data.classes import IGNORE_INDEX
+from utils.errors import UserError
 from utils.io import atomic_open, write_json, write_png
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 DEFAULT_COUNTS: Mapping[str, int] = MappingProxyType({"train": 24, "val": 8, "test": 8})
 MARKER = ".complete"
 # Bump a version whenever the drawing changes, so cached sets on disk are regenerated.
-_SCENE_VERSION = 1
-_CIFAR_VERSION = 1
+_SCENE_VERSION = 2
+_CIFAR_VERSION = 2
 _STREAMS = {"train": 0, "val": 1, "test": 2, "unlabeled": 3}
 
 BUILDING, TREE, SKY, CAR, SIGN, ROAD, PEDESTRIAN, FENCE, POLE, SIDEWALK, BICYCLIST = range(11)
@@ -51,8 +52,8 @@ def make_street_scenes(
     params = _scene_params(counts, unlabeled, size, seed)
     if _marker_matches(root / MARKER, params):
         return root
-    folders = [root / s for s in counts] + [root / f"{s}_labels" for s in counts] + [root / "unlabeled" / "train"]
-    _forget_previous(root / MARKER, folders, "synth_*.png")
+    folders = [root / s for s in SPLITS] + [root / f"{s}_labels" for s in SPLITS]
+    _forget_previous(root / MARKER, [*folders, root / "unlabeled" / "train"], "synth_*.png")
     for split, count in counts.items():
         for index in range(count):
             image, label = render_street_scene(size, _scene_rng(seed, split, index))
@@ -66,7 +67,9 @@ def make_street_scenes(
     return root
 
 
-def render_street_scene(size: tuple[int, int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def render_street_scene(
+    size: tuple[int, int], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """One scene as an (H, W, 3) uint8 picture and its (H, W) uint8 label map."""
     canvas = _Canvas(size, rng)
     street = _Street(canvas, rng)
@@ -81,7 +84,9 @@ def render_street_scene(size: tuple[int, int], rng: np.random.Generator) -> tupl
     return _photograph(canvas), canvas.label
 
 
-def _scene_params(counts: Mapping[str, int], unlabeled: int, size: tuple[int, int], seed: int) -> dict[str, Any]:
+def _scene_params(
+    counts: Mapping[str, int], unlabeled: int, size: tuple[int, int], seed: int
+) -> dict[str, Any]:
     unknown = set(counts) - set(SPLITS)
     if unknown:
         raise ValueError(f"counts may only name the splits {SPLITS}, got {sorted(unknown)}")
@@ -112,7 +117,8 @@ class _Canvas:
         self.label = np.full((self.height, self.width), IGNORE_INDEX, np.uint8)
         # Twice the picture's size, so each painted object reads the noise at its own offset.
         self._grain = rng.normal(size=(2 * self.height, 2 * self.width)).astype(np.float32)
-        self._blotch = _smooth_noise(rng, (), 2 * self.height, 2 * self.width, max(3, self.height // 16))
+        cell = max(3, self.height // 16)
+        self._blotch = _smooth_noise(rng, (), 2 * self.height, 2 * self.width, cell)
 
     def texture(self) -> np.ndarray:
         """An (H, W) noise field mixing fine grain and blotches, different for every call."""
@@ -169,19 +175,27 @@ class _Street:
         return (reach - self.road_top) / (self.road_bottom - self.road_top)
 
     def on_road(self, rng: np.random.Generator, depth: float, spread: float) -> float:
+        """A column on the road at `depth`, at most `spread` half-widths from the middle."""
         return self.vanish_x + rng.uniform(-spread, spread) * float(self.road_half(self.row(depth)))
 
     def on_sidewalk(self, rng: np.random.Generator, depth: float) -> float:
+        """A column on the left or right sidewalk at `depth`."""
         y = self.row(depth)
         inner, outer = float(self.road_half(y)), float(self.side_half(y))
-        return self.vanish_x + rng.choice([-1.0, 1.0]) * (inner + rng.uniform(0.15, 0.9) * (outer - inner))
+        across = inner + rng.uniform(0.15, 0.9) * (outer - inner)
+        return self.vanish_x + rng.choice([-1.0, 1.0]) * across
 
 
 _SKIES = np.array([[70, 125, 200], [175, 180, 188], [140, 150, 175], [110, 150, 205]], np.float32)
 _WALLS = np.array([[150, 70, 50], [200, 180, 140], [130, 130, 135], [215, 212, 205],
                    [85, 78, 70], [160, 120, 90], [120, 140, 150]], np.float32)
-_PAVEMENTS = np.array([[150, 150, 148], [160, 112, 100], [178, 168, 146], [110, 110, 112]], np.float32)
-_FOLIAGE = np.array([[55, 95, 40], [90, 120, 50], [40, 78, 48], [110, 110, 60], [70, 90, 70]], np.float32)
+_PAVEMENTS = np.array([[150, 150, 148], [160, 112, 100], [178, 168, 146], [110, 110, 112]],
+                      np.float32)
+_FOLIAGE = np.array([[55, 95, 40], [90, 120, 50], [40, 78, 48], [110, 110, 60], [70, 90, 70]],
+                    np.float32)
+_BARK = np.array([[85, 62, 42]], np.float32)
+_WOOD_AND_METALS = np.array([[120, 85, 55], [120, 120, 120], [60, 62, 65], [40, 70, 50],
+                             [170, 170, 165]], np.float32)
 _VEHICLES = np.array([[220, 220, 222], [160, 162, 165], [35, 35, 40], [170, 30, 30], [40, 60, 140],
                       [40, 90, 60], [215, 180, 40], [120, 100, 80]], np.float32)
 _METALS = np.array([[120, 120, 120], [60, 62, 65], [40, 70, 50], [170, 170, 165]], np.float32)
@@ -213,7 +227,8 @@ def _draw_ground(canvas: _Canvas, street: _Street) -> None:
     ground = canvas.y > street.horizon
     canvas.paint(ground, SIDEWALK, colour, texture=8)
     tile = rng.uniform(5, 9) * canvas.scale()
-    joints = ((canvas.x % tile) < 1) | (((canvas.y - street.horizon) * (1 + street.depth(canvas.y))) % tile < 1)
+    rows_from_horizon = (canvas.y - street.horizon) * (1 + street.depth(canvas.y))
+    joints = ((canvas.x % tile) < 1) | (rows_from_horizon % tile < 1)
     canvas.paint(ground & joints, SIDEWALK, colour * 0.75, texture=6)
 
 
@@ -232,12 +247,14 @@ def _draw_building(canvas: _Canvas, street: _Street, left: float, right: float) 
     rng = canvas.rng
     top = street.horizon - canvas.height * rng.uniform(0.08, 0.42)
     outside_street = np.abs(canvas.x - street.vanish_x) >= street.side_half(canvas.y)
-    facade = canvas.rect(left, right, top, canvas.height) & ((canvas.y <= street.horizon) | outside_street)
+    facade = canvas.rect(left, right, top, canvas.height)
+    facade &= (canvas.y <= street.horizon) | outside_street
     wall = _pick(rng, _WALLS, 15)
     canvas.paint(facade, BUILDING, wall, texture=rng.uniform(5, 14))
     pitch_x, pitch_y = rng.uniform(5, 11, 2) * canvas.scale()
     open_x, open_y = rng.uniform(0.35, 0.65, 2)
-    windows = (((canvas.x - left) % pitch_x) < open_x * pitch_x) & (((canvas.y - top) % pitch_y) < open_y * pitch_y)
+    columns = (canvas.x - left) % pitch_x < open_x * pitch_x
+    windows = columns & ((canvas.y - top) % pitch_y < open_y * pitch_y)
     glass = np.array([40, 48, 62], np.float32) if rng.random() < 0.6 else wall * 0.5 + 70
     canvas.paint(facade & windows & (canvas.y < street.horizon - 2), BUILDING, glass, texture=10)
 
@@ -248,18 +265,17 @@ def _draw_fence(canvas: _Canvas, street: _Street) -> None:
     if rng.random() > 0.75:
         return
     side = rng.choice([-1.0, 1.0])
-    near = rng.uniform(0.05, 0.45)
-    far_to_near = (near, near + rng.uniform(0.25, 0.6))
+    far = rng.uniform(0.05, 0.45)
+    near = far + rng.uniform(0.25, 0.6)
     depth = street.kerb_depth(canvas.x)
-    foot = street.row(depth)
     tall = (rng.uniform(0.12, 0.3) * canvas.height) * depth + 1.5
-    columns = (np.sign(canvas.x - street.vanish_x) == side) & (depth >= far_to_near[0]) & (depth <= far_to_near[1])
-    rise = (foot - canvas.y) / tall
+    columns = (np.sign(canvas.x - street.vanish_x) == side) & (depth >= far) & (depth <= near)
+    rise = (street.row(depth) - canvas.y) / tall
     pitch = 1.5 + 5 * depth * canvas.scale()
     slats = (canvas.x % pitch) < 0.5 * pitch
     rails = (np.abs(rise - 0.25) < 0.1) | (np.abs(rise - 0.85) < 0.1)
     fence = columns & (rise >= 0) & (rise <= 1) & (slats | rails)
-    canvas.paint(fence, FENCE, _pick(rng, np.vstack([_METALS, [[120, 85, 55]]]), 15), texture=8)
+    canvas.paint(fence, FENCE, _pick(rng, _WOOD_AND_METALS, 15), texture=8)
 
 
 def _draw_road(canvas: _Canvas, street: _Street) -> None:
@@ -271,7 +287,7 @@ def _draw_road(canvas: _Canvas, street: _Street) -> None:
                  _pick(rng, _PAVEMENTS[:1], 10) + 30, texture=6)  # the kerb stone
     grey = rng.uniform(60, 125) + rng.normal(0, 6, 3).astype(np.float32)
     canvas.paint(below & (offset < half), ROAD, grey, texture=rng.uniform(5, 12))
-    paint = np.array([225, 222, 210], np.float32) if rng.random() < 0.7 else np.array([215, 185, 70], np.float32)
+    paint = np.array([225, 222, 210] if rng.random() < 0.7 else [215, 185, 70], np.float32)
     width = 0.025 * half + 0.35
     centre = street.vanish_x + rng.uniform(-0.3, 0.3) * half
     distance = rng.uniform(15, 40) * canvas.scale() / (canvas.y - street.horizon + 1)
@@ -284,7 +300,8 @@ def _actors(canvas: _Canvas, street: _Street) -> list[tuple[float, Callable[[], 
     """Objects standing on the ground, as (foot row, draw) so that nearer ones are drawn last."""
     rng = canvas.rng
     actors: list[tuple[float, Callable[[], None]]] = []
-    makers = ((_tree, 0.85, 3), (_car, 0.9, 4), (_pedestrian, 0.85, 4), (_bicyclist, 0.75, 2), (_pole, 0.9, 3))
+    makers = ((_tree, 0.85, 3), (_car, 0.9, 4), (_pedestrian, 0.85, 4), (_bicyclist, 0.75, 2),
+              (_pole, 0.9, 3))
     for maker, chance, most in makers:
         for _ in range(_count(rng, chance, most)):
             actors.append(maker(canvas, street, rng.uniform(0.08, 0.95)))
@@ -299,10 +316,11 @@ def _tree(canvas: _Canvas, street: _Street, depth: float) -> tuple[float, Callab
 
     def draw() -> None:
         trunk = canvas.rect(x - 0.12 * radius, x + 0.12 * radius, trunk_top - radius, foot)
-        canvas.paint(trunk, TREE, _pick(canvas.rng, np.array([[85, 62, 42]], np.float32)), texture=10)
+        canvas.paint(trunk, TREE, _pick(canvas.rng, _BARK), texture=10)
         crown = np.zeros_like(canvas.label, bool)
+        centre_y = trunk_top - radius
         for dx, dy, r in canvas.rng.uniform([-0.6, -0.5, 0.5], [0.6, 0.3, 0.85], (5, 3)):
-            crown |= canvas.ellipse(x + dx * radius, trunk_top - radius + dy * radius, r * radius, r * radius * 0.9)
+            crown |= canvas.ellipse(x + dx * radius, centre_y + dy * radius, r * radius, 0.9 * r * radius)
         canvas.paint(crown, TREE, _pick(canvas.rng, _FOLIAGE, 12), texture=canvas.rng.uniform(18, 30))
 
     return foot, draw
@@ -319,15 +337,19 @@ def _car(canvas: _Canvas, street: _Street, depth: float) -> tuple[float, Callabl
         body_top = foot - 0.55 * height
         body = canvas.rect(x - width / 2, x + width / 2, body_top, foot - 0.5 * wheel)
         lean = np.clip((canvas.y - (foot - height)) / (0.45 * height), 0, 1)
-        cabin = (np.abs(canvas.x - x) <= (0.3 + 0.12 * lean) * width) & (canvas.y >= foot - height) & (canvas.y < body_top)
-        wheels = canvas.ellipse(x - 0.32 * width, foot - wheel, wheel, wheel) | canvas.ellipse(x + 0.32 * width, foot - wheel, wheel, wheel)
+        cabin = (np.abs(canvas.x - x) <= (0.3 + 0.12 * lean) * width) & (canvas.y < body_top)
+        cabin &= canvas.y >= foot - height
+        wheels = canvas.ellipse(x - 0.32 * width, foot - wheel, wheel, wheel)
+        wheels |= canvas.ellipse(x + 0.32 * width, foot - wheel, wheel, wheel)
         whole = body | cabin | wheels
         _void_outline(canvas, whole, 0.4)
         canvas.paint(wheels, CAR, np.array([25, 25, 28], np.float32), texture=5)
         canvas.paint(body | cabin, CAR, _pick(canvas.rng, _VEHICLES, 15), texture=6)
-        glass = cabin & (canvas.y > foot - 0.92 * height) & (np.abs(canvas.x - x) <= (0.24 + 0.12 * lean) * width)
+        glass = cabin & (canvas.y > foot - 0.92 * height)
+        glass &= np.abs(canvas.x - x) <= (0.24 + 0.12 * lean) * width
         canvas.paint(glass, CAR, np.array([55, 65, 80], np.float32), texture=10)
-        lamps = canvas.rect(x - 0.47 * width, x + 0.47 * width, body_top + 0.12 * height, body_top + 0.2 * height)
+        lamps = canvas.rect(x - 0.47 * width, x + 0.47 * width, body_top + 0.12 * height,
+                            body_top + 0.2 * height)
         lamps &= np.abs(canvas.x - x) > 0.33 * width
         canvas.paint(lamps, CAR, np.array([200, 40, 30], np.float32), texture=10)
 
@@ -393,7 +415,8 @@ def _pole(canvas: _Canvas, street: _Street, depth: float) -> tuple[float, Callab
         pole = canvas.rect(x - half_width, x + half_width, foot - tall, foot)
         canvas.paint(pole, POLE, _pick(canvas.rng, _METALS, 12), texture=6)
         if signed:
-            _draw_sign(canvas, x, foot - tall * canvas.rng.uniform(0.75, 0.95), canvas.height * (0.018 + 0.05 * depth))
+            height = foot - tall * canvas.rng.uniform(0.75, 0.95)
+            _draw_sign(canvas, x, height, canvas.height * (0.018 + 0.05 * depth))
 
     return foot, draw
 
@@ -404,13 +427,14 @@ def _draw_sign(canvas: _Canvas, x: float, y: float, r: float) -> None:
     kind = rng.integers(4)
     if kind == 0:  # round prohibition sign: red ring around white
         canvas.paint(canvas.ellipse(x, y, r, r), SIGN, np.array([200, 30, 35], np.float32), texture=8)
-        canvas.paint(canvas.ellipse(x, y, 0.65 * r, 0.65 * r), SIGN, np.array([230, 230, 230], np.float32), texture=8)
+        inner = canvas.ellipse(x, y, 0.65 * r, 0.65 * r)
+        canvas.paint(inner, SIGN, np.array([230, 230, 230], np.float32), texture=8)
     elif kind == 1:  # warning triangle
         inside = (canvas.y <= y + 0.8 * r) & (np.abs(canvas.x - x) <= (canvas.y - (y - r)) * 0.6)
         canvas.paint(inside, SIGN, np.array([235, 200, 40], np.float32), texture=8)
     elif kind == 2:  # rectangular information sign
-        canvas.paint(canvas.rect(x - 1.2 * r, x + 1.2 * r, y - 0.8 * r, y + 0.8 * r), SIGN,
-                     _pick(rng, np.array([[30, 70, 160], [30, 120, 60], [225, 225, 225]], np.float32)), texture=8)
+        colour = _pick(rng, np.array([[30, 70, 160], [30, 120, 60], [225, 225, 225]], np.float32))
+        canvas.paint(canvas.rect(x - 1.2 * r, x + 1.2 * r, y - 0.8 * r, y + 0.8 * r), SIGN, colour, texture=8)
     else:  # traffic light: dark housing with one lit lamp
         canvas.paint(canvas.rect(x - 0.6 * r, x + 0.6 * r, y - 1.6 * r, y + 1.6 * r), SIGN,
                      np.array([30, 32, 30], np.float32), texture=5)
@@ -435,7 +459,8 @@ def _draw_void_patch(canvas: _Canvas) -> None:
     rng = canvas.rng
     if rng.random() < 0.6:
         r = canvas.height * rng.uniform(0.02, 0.06)
-        blob = canvas.ellipse(rng.uniform(0, canvas.width), rng.uniform(0.5, 1.0) * canvas.height, r * rng.uniform(0.6, 1.6), r)
+        centre = rng.uniform(0, canvas.width), rng.uniform(0.5, 1.0) * canvas.height
+        blob = canvas.ellipse(*centre, r * rng.uniform(0.6, 1.6), r)
         canvas.paint(blob, IGNORE_INDEX, rng.uniform(20, 230, 3).astype(np.float32), texture=15)
 
 
@@ -448,12 +473,16 @@ def _photograph(canvas: _Canvas) -> np.ndarray:
         angle = rng.uniform(0, 2 * np.pi)
         cx, cy = rng.uniform(0, canvas.width), rng.uniform(0.4, 1.0) * canvas.height
         shadow = (canvas.x - cx) * np.cos(angle) + (canvas.y - cy) * np.sin(angle) > 0
-        light = light * np.where(shadow & (canvas.y > cy - 0.2 * canvas.height), rng.uniform(0.55, 0.8), 1.0)
-    noisy = canvas.image * light[..., None] * gain + rng.normal(0, rng.uniform(2, 9), canvas.image.shape)
+        shadow &= canvas.y > cy - 0.2 * canvas.height
+        light = light * np.where(shadow, rng.uniform(0.55, 0.8), 1.0)
+    noise = rng.normal(0, rng.uniform(2, 9), canvas.image.shape)
+    noisy = canvas.image * light[..., None] * gain + noise
     return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
 
 
-def _smooth_noise(rng: np.random.Generator, batch: tuple[int, ...], height: int, width: int, cell: int) -> np.ndarray:
+def _smooth_noise(
+    rng: np.random.Generator, batch: tuple[int, ...], height: int, width: int, cell: int
+) -> np.ndarray:
     """Bilinearly upsampled Gaussian noise, about N(0, 1) per pixel: blotches, clouds, uneven light."""
     grid = rng.normal(size=(*batch, height // cell + 2, width // cell + 2)).astype(np.float32)
     fy = np.arange(height, dtype=np.float32) / cell
@@ -469,7 +498,7 @@ def _smooth_noise(rng: np.random.Generator, batch: tuple[int, ...], height: int,
 # ----------------------------------------------------------------------------- CIFAR-like
 
 def make_cifar_like(root: str | Path, n_train: int = 5000, n_test: int = 1000, seed: int = 0) -> Path:
-    """Write a learnable 10-class set as root/cifar-10-batches-py/ in the real pickle format; return root.
+    """Write a learnable 10-class set as root/cifar-10-batches-py/ in the real format; return root.
 
     Class k is shape k // 2 (disc, square, triangle, ring, cross) in colour family k % 2 (warm or
     cool), placed, sized, rotated and lit at random over a cluttered background, so a small CNN
@@ -482,16 +511,11 @@ def make_cifar_like(root: str | Path, n_train: int = 5000, n_test: int = 1000, s
         return root
     _refuse_foreign_cifar(folder)
     (folder / MARKER).unlink(missing_ok=True)
-    train_rows, train_labels = _cifar_like_split(n_train, seed, _STREAMS["train"])
-    parts = zip(np.array_split(train_rows, len(TRAIN_FILES)), np.array_split(train_labels, len(TRAIN_FILES)))
-    start = 0
-    for number, (rows, labels) in enumerate(parts, start=1):
-        batch = _cifar_batch(rows, labels, f"synthetic training batch {number} of {len(TRAIN_FILES)}", start)
-        _write_pickle(folder / TRAIN_FILES[number - 1], batch)
-        start += len(labels)
+    _write_train_batches(folder, *_cifar_like_split(n_train, seed, _STREAMS["train"]))
     test_rows, test_labels = _cifar_like_split(n_test, seed, _STREAMS["test"])
-    _write_pickle(folder / TEST_FILE, _cifar_batch(test_rows, test_labels, "synthetic testing batch 1 of 1", 0))
-    meta = {b"num_cases_per_batch": len(train_labels) // len(TRAIN_FILES),
+    test = _cifar_batch(test_rows, test_labels, "synthetic testing batch 1 of 1", first=0)
+    _write_pickle(folder / TEST_FILE, test)
+    meta = {b"num_cases_per_batch": n_train // len(TRAIN_FILES),
             b"label_names": [name.encode() for name in CIFAR_CLASSES], b"num_vis": 3072}
     _write_pickle(folder / META_FILE, meta)
     write_json(folder / MARKER, params)
@@ -499,39 +523,57 @@ def make_cifar_like(root: str | Path, n_train: int = 5000, n_test: int = 1000, s
 
 
 def _cifar_params(n_train: int, n_test: int, seed: int) -> dict[str, Any]:
-    if any(not isinstance(n, int) or n < 0 for n in (n_train, n_test, seed)):
-        raise ValueError(f"n_train, n_test and seed must be non-negative integers, got {(n_train, n_test, seed)}")
-    return {"kind": "cifar_like", "version": _CIFAR_VERSION, "n_train": n_train, "n_test": n_test, "seed": seed}
+    numbers = (n_train, n_test, seed)
+    if any(not isinstance(n, int) or n < 0 for n in numbers):
+        raise ValueError(f"n_train, n_test and seed must be non-negative integers, got {numbers}")
+    return {"kind": "cifar_like", "version": _CIFAR_VERSION, "n_train": n_train, "n_test": n_test,
+            "seed": seed}
+
+
+def _write_train_batches(folder: Path, rows: np.ndarray, labels: np.ndarray) -> None:
+    """Five nearly equal training batches, like the real data set's 5 x 10000."""
+    first = 0
+    parts = zip(np.array_split(rows, len(TRAIN_FILES)), np.array_split(labels, len(TRAIN_FILES)))
+    for name, (part_rows, part_labels) in zip(TRAIN_FILES, parts):
+        title = f"synthetic training batch {name[-1]} of {len(TRAIN_FILES)}"
+        _write_pickle(folder / name, _cifar_batch(part_rows, part_labels, title, first))
+        first += len(part_labels)
 
 
 def _refuse_foreign_cifar(folder: Path) -> None:
     """Never overwrite a real CIFAR-10 download: the file names are the same."""
     first = folder / TRAIN_FILES[0]
     if first.is_file() and not _written_here(first):
-        raise FileExistsError(f"{folder} holds CIFAR-10 files this generator did not write; "
-                              f"pass an empty or synthetic-only root to make_cifar_like")
+        raise UserError(f"{folder} holds CIFAR-10 files this generator did not write; refusing to "
+                        f"overwrite them: give the synthetic set an empty folder of its own")
 
 
 def _written_here(batch: Path) -> bool:
+    """Recognise this generator's batches by their batch_label; real ones say 'training batch'."""
     try:
         with open(batch, "rb") as f:
             return pickle.load(f, encoding="bytes")[b"batch_label"].startswith(b"synthetic")
-    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, AttributeError, ValueError):
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, AttributeError,
+            ValueError):
         return False
 
 
-def _cifar_like_split(count: int, seed: int, stream: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+def _cifar_like_split(
+    count: int, seed: int, stream: int, chunk: int = 2048
+) -> tuple[np.ndarray, np.ndarray]:
     """Balanced labels and their images as CIFAR rows; made in chunks to bound memory."""
-    rng = np.random.default_rng([seed, stream, 1 << 20])
-    labels = rng.permutation(np.arange(count) % len(CIFAR_CLASSES))
-    images = [_render_cifar_chunk(np.random.default_rng([seed, stream, start]), labels[start:start + chunk])
-              for start in range(0, count, chunk)]
+    starts = range(0, count, chunk)
+    label_seed, *chunk_seeds = np.random.SeedSequence([seed, stream]).spawn(1 + len(starts))
+    labels = np.random.default_rng(label_seed).permutation(np.arange(count) % len(CIFAR_CLASSES))
+    images = [_render_cifar_chunk(np.random.default_rng(chunk_seed), labels[start:start + chunk])
+              for start, chunk_seed in zip(starts, chunk_seeds)]
     pixels = np.concatenate(images) if images else np.zeros((0, 32, 32, 3), np.uint8)
     return pixels.transpose(0, 3, 1, 2).reshape(count, 3072), labels
 
 
 def _cifar_batch(rows: np.ndarray, labels: np.ndarray, title: str, first: int) -> dict[bytes, Any]:
-    names = [f"synthetic_{CIFAR_CLASSES[k]}_{first + i:06d}.png".encode() for i, k in enumerate(labels)]
+    names = [f"synthetic_{CIFAR_CLASSES[k]}_{first + i:06d}.png".encode()
+             for i, k in enumerate(labels)]
     return {b"batch_label": title.encode(), b"labels": [int(k) for k in labels],
             b"data": np.ascontiguousarray(rows), b"filenames": names}
 
@@ -545,18 +587,20 @@ def _render_cifar_chunk(rng: np.random.Generator, labels: np.ndarray) -> np.ndar
     """(n, 32, 32, 3) uint8 pictures: background clutter, the class's shape, sometimes an occluder."""
     n = len(labels)
     canvas = _cifar_background(rng, n)
-    canvas = _add_clutter(rng, canvas, chance=0.6)
-    canvas = _add_clutter(rng, canvas, chance=0.6)
-    alpha = _soft(_shape_distance(labels // 2, *_placement(rng, n, 3.5, 10.0)))
+    canvas = _add_clutter(rng, canvas, chance=0.5)
+    canvas = _add_clutter(rng, canvas, chance=0.5)
+    alpha = _soft(_shape_distance(labels // 2, *_placement(rng, n, 4.5, 10.0)))
     colour = _family_colour(rng, labels % 2)[:, None, None, :]
-    canvas = _blend(canvas, colour * (1 + 0.25 * _smooth_noise(rng, (n,), 32, 32, 6))[..., None], alpha)
-    canvas = _add_clutter(rng, canvas, chance=0.35)
+    shading = 1 + 0.25 * _smooth_noise(rng, (n,), 32, 32, 6)[..., None]
+    canvas = _blend(canvas, colour * shading, alpha)
+    canvas = _add_clutter(rng, canvas, chance=0.25)
     return _cifar_camera(rng, canvas)
 
 
 def _cifar_background(rng: np.random.Generator, n: int) -> np.ndarray:
     base = _hsv_to_rgb(rng.random(n), rng.uniform(0, 0.6, n), rng.uniform(0.15, 0.9, n))
-    slope = rng.normal(0, 0.15, (n, 1, 1, 1)) * np.linspace(-1, 1, 32, dtype=np.float32)[None, :, None, None]
+    rows = np.linspace(-1, 1, 32, dtype=np.float32)[None, :, None, None]
+    slope = rng.normal(0, 0.15, (n, 1, 1, 1)) * rows
     blotch = 0.12 * _smooth_noise(rng, (n,), 32, 32, 8)[..., None]
     return np.clip(base[:, None, None, :] + slope + blotch, 0, 1).astype(np.float32)
 
@@ -565,7 +609,7 @@ def _add_clutter(rng: np.random.Generator, canvas: np.ndarray, chance: float) ->
     """A small shape of any kind and colour in some pictures, so that no single blob is the answer."""
     n = len(canvas)
     present = (rng.random(n) < chance).astype(np.float32)[:, None, None]
-    alpha = _soft(_shape_distance(rng.integers(0, 5, n), *_placement(rng, n, 2.0, 5.0)))
+    alpha = _soft(_shape_distance(rng.integers(0, 5, n), *_placement(rng, n, 1.5, 4.0)))
     colour = _hsv_to_rgb(rng.random(n), rng.uniform(0.2, 1, n), rng.uniform(0.2, 1, n))
     return _blend(canvas, colour[:, None, None, :], alpha * present)
 
@@ -575,19 +619,23 @@ def _cifar_camera(rng: np.random.Generator, canvas: np.ndarray) -> np.ndarray:
     n = len(canvas)
     exposure = rng.uniform(0.7, 1.3, (n, 1, 1, 1)).astype(np.float32)
     offset = rng.normal(0, 0.08, (n, 1, 1, 1)).astype(np.float32)
-    sigma = rng.uniform(4, 16, (n, 1, 1, 1)).astype(np.float32)
-    noisy = 255 * (canvas * exposure + offset) + rng.standard_normal(canvas.shape, dtype=np.float32) * sigma
+    sigma = rng.uniform(3, 12, (n, 1, 1, 1)).astype(np.float32)
+    noise = rng.standard_normal(canvas.shape, dtype=np.float32) * sigma
+    noisy = 255 * (canvas * exposure + offset) + noise
     return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
 
 
-def _placement(rng: np.random.Generator, n: int, small: float, large: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _placement(
+    rng: np.random.Generator, n: int, small: float, large: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rotated, centred pixel coordinates (u, v) and a size for n randomly placed shapes."""
     grid = np.arange(32, dtype=np.float32) + 0.5
     cx, cy = rng.uniform(7, 25, (2, n, 1, 1)).astype(np.float32)
     angle = rng.uniform(0, 2 * np.pi, (n, 1, 1)).astype(np.float32)
     cos, sin = np.cos(angle), np.sin(angle)
     dx, dy = grid[None, None, :] - cx, grid[None, :, None] - cy
-    return dx * cos + dy * sin, dy * cos - dx * sin, rng.uniform(small, large, (n, 1, 1)).astype(np.float32)
+    size = rng.uniform(small, large, (n, 1, 1)).astype(np.float32)
+    return dx * cos + dy * sin, dy * cos - dx * sin, size
 
 
 def _shape_distance(kinds: np.ndarray, u: np.ndarray, v: np.ndarray, size: np.ndarray) -> np.ndarray:
@@ -595,13 +643,12 @@ def _shape_distance(kinds: np.ndarray, u: np.ndarray, v: np.ndarray, size: np.nd
     radius = np.hypot(u, v)
     au, av = np.abs(u), np.abs(v)
     half = np.float32(np.sqrt(3) / 2)
-    shapes = (
-        radius - size,                                                                    # disc
-        np.maximum(au, av) - 0.85 * size,                                                 # square
-        np.maximum(np.maximum(v, -half * u - 0.5 * v), half * u - 0.5 * v) - 0.5 * size,  # triangle
-        np.abs(radius - 0.75 * size) - 0.25 * size,                                       # ring
-        np.minimum(np.maximum(au - size, av - 0.3 * size), np.maximum(au - 0.3 * size, av - size)),  # cross
-    )
+    disc = radius - size
+    square = np.maximum(au, av) - 0.85 * size
+    triangle = np.maximum(np.maximum(v, -half * u - 0.5 * v), half * u - 0.5 * v) - 0.5 * size
+    ring = np.abs(radius - 0.75 * size) - 0.25 * size
+    cross = np.minimum(np.maximum(au - size, av - 0.3 * size), np.maximum(au - 0.3 * size, av - size))
+    shapes = (disc, square, triangle, ring, cross)
     return np.choose(kinds[:, None, None], shapes)
 
 
@@ -611,15 +658,14 @@ def _soft(distance: np.ndarray) -> np.ndarray:
 
 
 def _blend(canvas: np.ndarray, colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    alpha = alpha[..., None]
-    return canvas + (colour - canvas) * alpha
+    return canvas + (colour - canvas) * alpha[..., None]
 
 
 def _family_colour(rng: np.random.Generator, families: np.ndarray) -> np.ndarray:
     """Warm (red to yellow) or cool (cyan to violet) hues; saturation and value vary widely."""
     n = len(families)
     hue = np.where(families == 0, rng.uniform(-0.06, 0.16, n), rng.uniform(0.47, 0.75, n)) % 1.0
-    return _hsv_to_rgb(hue, rng.uniform(0.25, 1, n), rng.uniform(0.3, 1, n))
+    return _hsv_to_rgb(hue, rng.uniform(0.35, 1, n), rng.uniform(0.3, 1, n))
 
 
 def _hsv_to_rgb(hue: np.ndarray, saturation: np.ndarray, value: np.ndarray) -> np.ndarray:
@@ -639,8 +685,8 @@ def _marker_matches(marker: Path, params: dict[str, Any]) -> bool:
 
 
 def _forget_previous(marker: Path, folders: list[Path], pattern: str) -> None:
-    """Drop the marker first, so an interrupted rewrite is never mistaken for a finished set,
-    then delete files of an earlier set that the new parameters would not overwrite."""
+    """Drop the marker first, so that an interrupted rewrite is never taken for a finished set,
+    then the files of an earlier set, which the new parameters might not all overwrite."""
     marker.unlink(missing_ok=True)
     for folder in folders:
         for stale in folder.glob(pattern):

@@ -38,22 +38,26 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """Classifier taking (N, 3, H, W) images with values in [0, 255], uint8 or float."""
+    """Classifier taking (N, 3, H, W) images with values in [0, 255], uint8 or float.
 
-    def __init__(self, num_classes: int = 10) -> None:
+    `width` is the channel count of the first stage (64 in ResNet-18); a narrower network keeps
+    the architecture but lets the demo and the tests train on a laptop CPU in minutes.
+    """
+
+    def __init__(self, num_classes: int = 10, width: int = 64) -> None:
         super().__init__()
         # Constants, not learned state: kept out of the state_dict so checkpoints hold weights only.
         self.register_buffer("mean", torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(CIFAR_STD).view(1, 3, 1, 1), persistent=False)
         self.stem = nn.Sequential(
-            nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True)
+            nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
         )
-        self.layer1 = _stage(64, 64, stride=1)
-        self.layer2 = _stage(64, 128, stride=2)
-        self.layer3 = _stage(128, 256, stride=2)
-        self.layer4 = _stage(256, 512, stride=2)
+        self.layer1 = _stage(width, width, stride=1)
+        self.layer2 = _stage(width, 2 * width, stride=2)
+        self.layer3 = _stage(2 * width, 4 * width, stride=2)
+        self.layer4 = _stage(4 * width, 8 * width, stride=2)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(512, num_classes)
+        self.fc = nn.Linear(8 * width, num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = (images.float() - self.mean) / self.std

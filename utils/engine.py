@@ -55,6 +55,38 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator, rt: Runti
     return batches[:, rt.rank :: rt.world]
 
 
+@dataclass
+class Source:
+    """A training set seen through its augmentation: `augment(indices, generator)` gives a batch."""
+
+    size: int
+    augment: Callable[[torch.Tensor, torch.Generator], Batch]
+
+
+def mixed_batches(sources: Sequence[Source], batch_size: int,
+                  rt: Runtime) -> tuple[int, Callable[[torch.Generator], Iterator[Batch]]]:
+    """Batches of `batch_size` split evenly over `sources`; an epoch is one pass over the largest.
+
+    One source is plain training; two (labeled, pseudo-labeled) is the joint schedule of
+    ST++ and Naive-Student, where the smaller set is cycled. Returns (steps per epoch, batches).
+    """
+    share = max(1, batch_size // len(sources))
+    largest = max(source.size for source in sources)
+    steps = largest // min(share, largest)
+
+    def batches(generator: torch.Generator) -> Iterator[Batch]:
+        def endless(n: int) -> Iterator[torch.Tensor]:
+            while True:
+                yield from batch_indices(n, share, generator, rt)
+
+        streams = [endless(source.size) for source in sources]
+        for _ in range(steps):
+            parts = [source.augment(next(stream), generator) for source, stream in zip(sources, streams)]
+            yield torch.cat([images for images, _ in parts]), torch.cat([labels for _, labels in parts])
+
+    return steps, batches
+
+
 def train_one_epoch(model: nn.Module, batches: Iterable[Batch], steps: int, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, loss_fn: Callable, rt: Runtime,
                     desc: str = "train") -> float:
@@ -136,6 +168,8 @@ class Phase:
     make_optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
     lr_min: float
     seed: int
+    # Extra numbers for the records at each evaluation, e.g. agreement with the pseudo-labels.
+    monitor: Callable[[nn.Module], dict[str, Any]] | None = None
 
 
 @dataclass
@@ -209,7 +243,7 @@ def fit(model: nn.Module, phase: Phase, best: Best, run: Run, rt: Runtime,
                  "lr": scheduler.get_last_lr()[0], "seconds": round(seconds, 3)}
         if epoch % eval_each == 0 or epoch == phase.epochs:
             score, details = validate(model)
-            entry.update(score=score, **details)
+            entry.update(score=score, **details, **(phase.monitor(model) if phase.monitor else {}))
             if score > best.score:
                 best.score, best.epoch = score, epoch
                 if rt.is_main:

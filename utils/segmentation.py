@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ from data.transforms import cutmix, photometric, scale_crop_flip
 from models.swiftnet import CAMVID_MEAN, swiftnet_rn18
 from utils.config import Config
 from utils.dist import Runtime
-from utils.engine import Batch, Phase, batch_indices, cross_entropy, evaluate
+from utils.engine import Batch, Phase, Source, cross_entropy, evaluate, mixed_batches
 from utils.errors import UserError
 from utils.io import write_json
 from utils.pseudo import label_frames, pseudo_folder, pseudo_quality
@@ -103,45 +103,27 @@ class CamVidSelfTraining(SelfTraining):
             images, labels = cutmix(photometric(images, generator), labels, generator)
         return images, labels
 
-    def _phase(self, name: str, iteration: int, epochs: int, lr: float, data: SegmentationSet, strong: bool) -> Phase:
-        def batches(generator: torch.Generator) -> Iterator[Batch]:
-            for index in batch_indices(len(data), self.cfg.batch_size, generator, self.rt):
-                yield self._augmented(data, index, generator, strong)
+    def _source(self, data: SegmentationSet, strong: bool) -> Source:
+        return Source(len(data), lambda index, generator: self._augmented(data, index, generator, strong))
 
-        steps = len(data) // min(self.cfg.batch_size, len(data))
-        return self._make_phase(name, iteration, epochs, lr, steps, batches)
-
-    def _make_phase(self, name: str, iteration: int, epochs: int, lr: float, steps: int,
-                    batches: Callable[[torch.Generator], Iterator[Batch]]) -> Phase:
+    def _phase(self, name: str, iteration: int, epochs: int, lr: float, sources: list[Source]) -> Phase:
         cfg = self.cfg
+        steps, batches = mixed_batches(sources, cfg.batch_size, self.rt)
         return Phase(name=name, iteration=iteration, epochs=epochs, steps_per_epoch=steps, batches=batches,
                      loss_fn=lambda logits, target: cross_entropy(logits, target, IGNORE_INDEX),
                      make_optimizer=lambda params: torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay),
                      lr_min=cfg.lr_min, seed=cfg.seed * 1009 + zlib.crc32(name.encode()))
 
     def labeled_phase(self, name: str, iteration: int, epochs: int, lr: float) -> Phase:
-        return self._phase(name, iteration, epochs, lr, self.labeled, strong=False)
+        return self._phase(name, iteration, epochs, lr, [self._source(self.labeled, False)])
 
     def pseudo_phase(self, name: str, iteration: int, epochs: int, lr: float) -> Phase:
-        return self._phase(name, iteration, epochs, lr, self.pseudo, strong=self.cfg.strong_aug)
+        return self._phase(name, iteration, epochs, lr, [self._source(self.pseudo, self.cfg.strong_aug)])
 
     def joint_phase(self, name: str, iteration: int, epochs: int, lr: float) -> Phase:
-        """Each batch is half labeled crops, half pseudo-labeled crops; an epoch is one pass over the pseudo set."""
-        half = max(1, self.cfg.batch_size // 2)
-        pseudo, labeled, strong = self.pseudo, self.labeled, self.cfg.strong_aug
-
-        def batches(generator: torch.Generator) -> Iterator[Batch]:
-            def labeled_indices() -> Iterator[torch.Tensor]:
-                while True:
-                    yield from batch_indices(len(labeled), half, generator, self.rt)
-
-            for p_index, l_index in zip(batch_indices(len(pseudo), half, generator, self.rt), labeled_indices()):
-                p_images, p_labels = self._augmented(pseudo, p_index, generator, strong)
-                l_images, l_labels = self._augmented(labeled, l_index, generator, False)
-                yield torch.cat([l_images, p_images]), torch.cat([l_labels, p_labels])
-
-        steps = len(pseudo) // min(half, len(pseudo))
-        return self._make_phase(name, iteration, epochs, lr, steps, batches)
+        """Each batch is half labeled crops, half pseudo-labeled crops (ST++, Naive-Student)."""
+        return self._phase(name, iteration, epochs, lr,
+                           [self._source(self.labeled, False), self._source(self.pseudo, self.cfg.strong_aug)])
 
     def validate(self, model: nn.Module) -> tuple[float, dict[str, Any]]:
         cm = evaluate(model, self.val.images, self.val.labels, NUM_CLASSES, self.cfg.eval_batch_size, self.rt)

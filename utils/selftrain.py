@@ -10,16 +10,27 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping, Sequence
 
 from torch import nn
 from tqdm import tqdm
 
 from utils.checkpoint import load_checkpoint, load_weights
-from utils.config import Config
-from utils.dist import Runtime, seed_everything
+from utils.config import Config, configure
+from utils.dist import Runtime, seed_everything, setup, teardown
 from utils.engine import Best, Phase, fit
-from utils.records import Run
+from utils.records import Run, choose_run_dir
+
+
+def start_run(namespace: Mapping[str, Any], argv: Sequence[str], demo_overrides: Mapping[str, Any], name: str,
+              make_demo_data: Callable[[str], Any]) -> tuple[Config, Runtime, Run]:
+    """Config from the script's constants and the command line, the device, and the run directory."""
+    cfg = configure(namespace, argv, demo_overrides)
+    rt = setup(cfg.device)
+    if cfg.demo and rt.is_main:
+        make_demo_data(cfg.data_root)
+    rt.barrier()
+    return cfg, rt, Run(choose_run_dir(cfg, name), cfg, writer=rt.is_main)
 
 
 @dataclass
@@ -137,6 +148,7 @@ class SelfTraining:
         self.run.save_summary()
         if self.rt.is_main:
             tqdm.write(f"Run record: {self.run.folder}")
+        teardown()
 
     def _time(self, key: str, began: float) -> None:
         timings = self.run.summary["timings_s"]

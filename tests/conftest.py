@@ -1,0 +1,46 @@
+"""Shared fixtures: a CPU runtime and tiny generated CamVid-layout data sets."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+from data.synthetic import make_street_scenes
+from utils.dist import Runtime
+
+TINY_SIZE = (64, 48)  # width, height: the smallest scenes that still look like streets
+
+
+@pytest.fixture
+def cpu() -> Runtime:
+    return Runtime(torch.device("cpu"))
+
+
+@pytest.fixture(scope="session")
+def tiny_scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A read-only CamVid layout: 4 train, 2 val, 2 test images and 3 unlabeled frames, 64x48."""
+    root = tmp_path_factory.mktemp("tiny_scenes")
+    return make_street_scenes(root, counts={"train": 4, "val": 2, "test": 2}, unlabeled=3, size=TINY_SIZE)
+
+
+@pytest.fixture
+def scenes(tiny_scenes: Path, tmp_path: Path) -> Path:
+    """A private copy of `tiny_scenes` that a test may damage."""
+    return Path(shutil.copytree(tiny_scenes, tmp_path / "camvid"))
+
+
+@pytest.fixture
+def main_args() -> Callable[..., list[str]]:
+    """Command line for semisup_cam.main: tiny CPU settings, run and checkpoints under `work`."""
+
+    def build(data_root: Path, work: Path, **overrides: object) -> list[str]:
+        settings = {"data_root": data_root, "device": "cpu", "pretrained": False, "batch_size": 4,
+                    "crop_size": 32, "eval_batch_size": 8, "teacher_epochs": 1, "eval_each": 1, "no_iter": 0,
+                    "save_dir": work / "ckpt", "run_dir": work / "run"}
+        settings.update(overrides)
+        return [f"--{name}={value}" for name, value in settings.items()]
+
+    return build
