@@ -50,6 +50,7 @@ PSEUDO_TTA = False  # pseudo-labels from softmax averaged over flips and TTA_SCA
 TTA_SCALES = [0.75, 1.0, 1.25]
 STRONG_AUG = False  # colour jitter, grayscale, blur and CutMix on pseudo-labeled crops
 # Running
+PICTURES = 4  # val images (and pseudo-labeled frames) drawn after each model, in RUN_DIR/pictures/
 DEVICE = "auto"
 SEED = 0
 COMPILE = False  # torch.compile the training model (CUDA)

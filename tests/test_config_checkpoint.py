@@ -203,3 +203,12 @@ def test_the_checkpoint_tool_prints_epoch_and_parameters(tmp_path: Path, tiny_mo
     assert lines["val_iou"].split(":")[1].strip() == "55.25"
     assert lines["parameters"].split(":")[1].strip() == f"{parameter_count(tiny_model.state_dict()):,}"
     assert "crop_size = 32" in result.stdout
+
+
+def test_the_checkpoint_tool_reports_a_missing_file_without_a_traceback(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.pth.tar"
+    result = subprocess.run([sys.executable, "-m", "utils.checkpoint", str(missing)], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ") and str(missing) in result.stderr
+    assert "Traceback" not in result.stderr

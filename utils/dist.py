@@ -10,6 +10,7 @@ import contextlib
 import os
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +43,14 @@ class Runtime:
     def barrier(self) -> None:
         if self.distributed:
             td.barrier()
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's `value` on every process (a picklable Python object)."""
+        if not self.distributed:
+            return value
+        box = [value]
+        td.broadcast_object_list(box, src=0)
+        return box[0]
 
     def prepare(self, model: nn.Module, sync_bn: bool = False) -> nn.Module:
         """On the device, channels-last on CUDA (faster convolutions), synchronised BatchNorm if asked."""

@@ -70,6 +70,8 @@ def mixed_batches(sources: Sequence[Source], batch_size: int,
     One source is plain training; two (labeled, pseudo-labeled) is the joint schedule of
     ST++ and Naive-Student, where the smaller set is cycled. Returns (steps per epoch, batches).
     """
+    if any(source.size == 0 for source in sources):
+        raise UserError("A training set of this phase is empty: check the labeled split and the unlabeled images.")
     share = max(1, batch_size // len(sources))
     largest = max(source.size for source in sources)
     steps = largest // min(share, largest)

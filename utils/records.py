@@ -69,8 +69,7 @@ class Run:
         self.folder = folder
         self.writer = writer
         self.config = dict(config)
-        self.resumed = (folder / "config.json").is_file()
-        if self.resumed:
+        if (folder / "config.json").is_file():
             self._check_same_config()
         if writer:
             self._prepare_folder()

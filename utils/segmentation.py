@@ -21,7 +21,8 @@ from data.transforms import cutmix, photometric, scale_crop_flip
 from models.swiftnet import CAMVID_MEAN, swiftnet_rn18
 from utils.config import Config
 from utils.dist import Runtime
-from utils.engine import Batch, Phase, Source, cross_entropy, evaluate, mixed_batches
+from utils.engine import Batch, Phase, Source, cross_entropy, evaluate, mixed_batches, predict_probs
+from utils.pictures import prediction_pictures, pseudo_label_pictures
 from utils.errors import UserError
 from utils.io import write_json
 from utils.pseudo import label_frames, pseudo_folder, pseudo_quality
@@ -47,6 +48,8 @@ def read_split_file(path: str | Path, names: list[str]) -> tuple[list[str], list
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
         raise UserError(f"SPLIT_FILE={path} cannot be read ({error}); it must be JSON with 'labeled' and "
                         "'unlabeled' lists of file names, like the split.json of a run directory.") from error
+    if not labeled:
+        raise UserError(f"SPLIT_FILE={path} lists no labeled images: the teacher needs some.")
     unknown = sorted(set(labeled + unlabeled) - set(names))
     if unknown or set(labeled) & set(unlabeled):
         raise UserError(f"SPLIT_FILE={path} does not fit the train images: unknown names {unknown[:3]}, "
@@ -138,6 +141,25 @@ class CamVidSelfTraining(SelfTraining):
         return {"test_miou": summary["miou"], "test_pixel_acc": summary["pixel_acc"],
                 "per_class_iou": summary["per_class_iou"]}
 
+    def _picture_indices(self, n: int) -> list[int]:
+        """The same few images every time, spread over the set, so pictures compare across iterations."""
+        count = min(self.cfg.pictures, n)
+        return [round(i * (n - 1) / max(count - 1, 1)) for i in range(count)]
+
+    def pictures(self, model: nn.Module, tag: str) -> None:
+        index = self._picture_indices(len(self.val))
+        if index and self.rt.is_main:
+            val = self.val.subset(index)
+            prediction_pictures(model, val.images, val.labels, val.names, self.run.folder / "pictures" / tag, self.rt)
+
+    def _pseudo_pictures(self, teacher: nn.Module, iteration: int) -> None:
+        index = self._picture_indices(len(self.pseudo))
+        if index and self.rt.is_main:
+            frames = self.pseudo.subset(index)
+            confidence = predict_probs(teacher, frames.images, self.rt).max(1).values.cpu()
+            pseudo_label_pictures(frames.images, frames.labels, confidence, frames.names,
+                                  self.run.folder / "pictures" / f"it{iteration}_pseudo")
+
     def pseudo_label(self, teacher: nn.Module, iteration: int, teacher_info: Candidate) -> dict[str, Any]:
         cfg = self.cfg
         if self.unlabeled is None or len(self.unlabeled) == 0:
@@ -153,5 +175,6 @@ class CamVidSelfTraining(SelfTraining):
         paths = [folder / f"{name}.png" for name in self.unlabeled.names]
         labels = load_labels(paths, cfg.image_scale).to(self.unlabeled.images.device)
         self.pseudo = SegmentationSet(self.unlabeled.images, labels, self.unlabeled.names, self.unlabeled.source_size)
+        self._pseudo_pictures(teacher, iteration)
         truth = None if self.unlabeled.labels is None else self.unlabeled.labels.cpu()
         return pseudo_quality(labels.cpu(), truth, NUM_CLASSES, IGNORE_INDEX)

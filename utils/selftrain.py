@@ -29,8 +29,11 @@ def start_run(namespace: Mapping[str, Any], argv: Sequence[str], demo_overrides:
     rt = setup(cfg.device)
     if cfg.demo and rt.is_main:
         make_demo_data(cfg.data_root)
+    # Rank 0 picks and prepares the folder; the other processes follow once it is ready.
+    folder = rt.broadcast(choose_run_dir(cfg, name) if rt.is_main else None)
+    run = Run(folder, cfg, writer=True) if rt.is_main else None
     rt.barrier()
-    return cfg, rt, Run(choose_run_dir(cfg, name), cfg, writer=rt.is_main)
+    return cfg, rt, run if rt.is_main else Run(folder, cfg, writer=False)
 
 
 @dataclass
@@ -73,6 +76,9 @@ class SelfTraining:
         """Labels the unlabeled set with `teacher`, keeps it for the student, returns its quality."""
         raise NotImplementedError
 
+    def pictures(self, model: nn.Module, tag: str) -> None:
+        """Pictures of a few predictions for the run directory; tasks without pictures keep this."""
+
     # The loop.
     def model_from(self, candidate: Candidate) -> nn.Module:
         model = self.new_model()
@@ -95,8 +101,10 @@ class SelfTraining:
         result = self._fit(model, self.labeled_phase("teacher", 0, cfg.teacher_epochs, cfg.teacher_lr), best)
         teacher = Candidate("teacher", best.path, best.score)
         if not self.run.summary["teacher"]:
+            model = self.model_from(teacher)
             self.run.summary["teacher"] = {f"val_{self.score_key}": best.score, "best_epoch": result["best_epoch"],
-                                           **self.test(self.model_from(teacher), "teacher")}
+                                           **self.test(model, "teacher")}
+            self.pictures(model, "teacher")
             self._time("teacher", began)
         return teacher
 
@@ -133,9 +141,11 @@ class SelfTraining:
         began = time.perf_counter()
         student = self.train_student(iteration)
         next_teacher, promoted = self.promote(teacher, student)
+        model = self.model_from(student)
         entry = {"iteration": iteration, f"val_{self.score_key}": student.val,
-                 **self.test(self.model_from(student), f"student, iteration {iteration}"),
+                 **self.test(model, f"student, iteration {iteration}"),
                  "promoted": promoted, "teacher": teacher.name, **quality}
+        self.pictures(model, f"it{iteration}")
         self.run.summary["iterations"].append(entry)
         self._time(f"it{iteration}_student", began)
         self.run.summary["current_teacher"] = str(next_teacher.path)

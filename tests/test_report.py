@@ -1,0 +1,243 @@
+"""Looking at results: the run report, prediction and pseudo-label pictures, predict, checkpoint inspection."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data.classes import CLASS_NAMES, COLORS, IGNORE_INDEX
+from data.mask_maker import index_to_colour
+from models.swiftnet import swiftnet_rn18
+from utils import predict, report
+from utils.checkpoint import parameter_count, save_checkpoint
+from utils.dist import Runtime
+from utils.pictures import prediction_pictures, pseudo_label_pictures
+
+REPO = Path(__file__).resolve().parents[1]
+PLOTS = ("curves.png", "per_class_iou.png", "pseudo_quality.png")
+
+
+def per_class(offset: float) -> dict[str, float | None]:
+    """Distinct IoUs per class (offset + 10 * index), Bicyclist never seen (None)."""
+    ious: dict[str, float | None] = {name: offset + 10 * i for i, name in enumerate(CLASS_NAMES)}
+    ious["Bicyclist"] = None
+    return ious
+
+
+def make_run(folder: Path, final_test_miou: float = 17.25) -> Path:
+    """A CamVid run directory as a resumed run leaves it: teacher, 2 iterations, a repeated epoch."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"image_scale": 0.5, "crop_size": 448, "run_dir": ""}))
+    lines = [
+        {"phase": "teacher", "iteration": 0, "epoch": 1, "loss": 2.0, "lr": 1e-3, "seconds": 1, "score": 5.0,
+         "val_miou": 5.0},
+        {"phase": "teacher", "iteration": 0, "epoch": 2, "loss": 9.9, "lr": 1e-3, "seconds": 2, "score": 1.0,
+         "val_miou": 1.0},  # interrupted and re-run after the resume: the next line replaces it
+        {"phase": "teacher", "iteration": 0, "epoch": 2, "loss": 1.5, "lr": 1e-4, "seconds": 2, "score": 12.0,
+         "val_miou": 12.0},
+        {"phase": "it1_pseudo", "iteration": 1, "epoch": 1, "loss": 1.2, "lr": 1e-3, "seconds": 1, "score": 15.0},
+        {"phase": "it1_finetune", "iteration": 1, "epoch": 1, "loss": 1.0, "lr": 1e-3, "seconds": 1, "score": 20.5},
+        {"phase": "it2_pseudo", "iteration": 2, "epoch": 1, "loss": 1.1, "lr": 1e-3, "seconds": 1, "score": 18.0},
+    ]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    summary = {
+        "teacher": {"val_miou": 12.0, "best_epoch": 2, "test_miou": 11.5, "test_pixel_acc": 70.25,
+                    "per_class_iou": per_class(1.0)},
+        "iterations": [
+            {"iteration": 1, "val_miou": 20.5, "test_miou": 19.75, "test_pixel_acc": 80.5,
+             "per_class_iou": per_class(2.0), "promoted": True, "teacher": "teacher", "pseudo_pixel_acc": 81.5,
+             "pseudo_miou": 33.25, "pseudo_ignored_frac": 4.5},
+            {"iteration": 2, "val_miou": 18.0, "test_miou": final_test_miou, "test_pixel_acc": 79.0,
+             "per_class_iou": per_class(3.0), "promoted": False, "teacher": "student_it1",
+             "pseudo_pixel_acc": None, "pseudo_miou": None, "pseudo_ignored_frac": 6.0},
+        ],
+        "timings_s": {"teacher": 3.0}, "finished": True, "current_teacher": "saved/student_it1_best.pth.tar",
+    }
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def table(text: str, first_header: str, occurrence: int = 0) -> dict[str, dict[str, str]]:
+    """The Markdown table whose header starts with `first_header`, as {row name: {column: cell}}."""
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |")]
+    start = starts[occurrence]
+    header = [cell.strip() for cell in lines[start].strip("|").split("|")]
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows[cells[0]] = dict(zip(header[1:], cells[1:]))
+    return rows
+
+
+# ----------------------------------------------------------------------------- report
+
+def test_metrics_keep_the_last_line_of_a_repeated_epoch(tmp_path: Path) -> None:
+    metrics = report.read_metrics(make_run(tmp_path / "run") / "metrics.jsonl")
+    teacher = [(e["epoch"], e["score"]) for e in metrics if e["phase"] == "teacher"]
+    assert teacher == [(1, 5.0), (2, 12.0)]
+    assert [e["phase"] for e in metrics][-3:] == ["it1_pseudo", "it1_finetune", "it2_pseudo"]
+
+
+def test_report_of_one_run_has_its_tables_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = make_run(tmp_path / "20240101_cam")
+    report.main([str(run)])
+    text = (run / "report.md").read_text()
+    assert "report.md" in capsys.readouterr().out
+
+    iterations = table(text, "model")
+    assert iterations["teacher"]["val mIoU"] == "12.00" and iterations["teacher"]["test mIoU"] == "11.50"
+    assert iterations["teacher"]["test pixel acc"] == "70.25" and iterations["teacher"]["promoted"] == "–"
+    first = iterations["iteration 1"]
+    assert (first["val mIoU"], first["test mIoU"], first["pseudo pixel acc"], first["pseudo mIoU"],
+            first["pseudo ignored %"], first["promoted"]) == ("20.50", "19.75", "81.50", "33.25", "4.50", "yes")
+    second = iterations["iteration 2"]
+    assert second["taught by"] == "student_it1" and second["promoted"] == "no"
+    assert second["pseudo mIoU"] == "–" and second["pseudo ignored %"] == "6.00"
+
+    classes = table(text, "class")
+    assert list(classes["Road"]) == ["teacher", "iteration 2 (final)"]
+    assert classes["Road"] == {"teacher": "51.00", "iteration 2 (final)": "53.00"}  # Road is class 5
+    assert classes["Building"]["iteration 2 (final)"] == "3.00" and classes["Bicyclist"]["teacher"] == "–"
+    assert classes["**mIoU**"]["iteration 2 (final)"] == "17.25"
+
+    for name in PLOTS:
+        assert f"]({name})" in text
+        with Image.open(run / name) as picture:
+            assert picture.format == "PNG" and picture.width > 200
+    assert "pip install matplotlib" not in text
+
+
+def test_without_matplotlib_the_tables_remain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    run = make_run(tmp_path / "run")
+    path = report.write_report([run], run)
+    text = path.read_text()
+    assert "pip install matplotlib" in text
+    assert table(text, "model")["iteration 1"]["test mIoU"] == "19.75"
+    assert table(text, "class")["Road"]["teacher"] == "51.00"
+    assert not any((run / name).exists() for name in PLOTS)
+
+
+def test_two_runs_give_one_column_per_run(tmp_path: Path) -> None:
+    first = make_run(tmp_path / "a" / "run_a", final_test_miou=17.25)
+    second = make_run(tmp_path / "b" / "run_b", final_test_miou=27.5)
+    report.main([str(first), str(second), "--out", str(tmp_path / "out")])
+    text = (tmp_path / "out" / "report.md").read_text()
+    classes = table(text, "class")
+    assert list(classes["Sky"]) == ["run_a", "run_b"]
+    assert classes["**mIoU**"] == {"run_a": "17.25", "run_b": "27.50"}
+    assert "## run_a" in text and "## run_b" in text
+    assert (tmp_path / "out" / "curves.png").is_file()
+
+
+def test_several_runs_need_out_and_a_missing_run_is_explained(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run")
+    with pytest.raises(SystemExit, match="^error: .*--out DIR"):
+        report.main([str(run), str(run)])
+    with pytest.raises(SystemExit, match="^error: .*not a run directory"):
+        report.main([str(tmp_path / "nothing")])
+
+
+def test_cifar_runs_are_recognised_by_their_keys(tmp_path: Path) -> None:
+    run = tmp_path / "cif"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({
+        "teacher": {"val_acc": 40.0, "best_epoch": 3, "test_acc": 39.5},
+        "iterations": [{"iteration": 1, "val_acc": 45.0, "test_acc": 44.25, "pseudo_acc": 61.5,
+                        "pseudo_all_acc": 40.0, "pseudo_kept_frac": 55.0, "promoted": True, "teacher": "teacher"}]}))
+    text = report.write_report([run], run).read_text()
+    rows = table(text, "model")
+    assert rows["iteration 1"]["test accuracy"] == "44.25" and rows["iteration 1"]["pseudo kept %"] == "55.00"
+    assert "Per-class" not in text and not (run / "per_class_iou.png").exists()
+
+
+# ----------------------------------------------------------------------------- pictures
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return swiftnet_rn18(len(CLASS_NAMES))
+
+
+def test_prediction_pictures_show_four_panels(model: torch.nn.Module, tmp_path: Path) -> None:
+    images = torch.randint(0, 256, (2, 3, 48, 64), dtype=torch.uint8)
+    labels = torch.randint(0, len(CLASS_NAMES), (2, 48, 64), dtype=torch.uint8)
+    labels[:, :8] = IGNORE_INDEX
+    model.train()
+    paths = prediction_pictures(model, images, labels, ["a", "b"], tmp_path / "pictures", Runtime(torch.device("cpu")))
+    assert [p.name for p in paths] == ["a.png", "b.png"] and model.training
+    picture = np.asarray(Image.open(paths[0]))
+    assert picture.shape == (48, 4 * 64, 3)
+    assert np.array_equal(picture[:, :64], images[0].permute(1, 2, 0).numpy())
+    assert np.array_equal(picture[:, 64:128], index_to_colour(labels[0].numpy()))
+    errors = picture[:, 192:]
+    assert (errors[:8] == 128).all()  # Void is grey
+    assert set(map(tuple, errors[8:].reshape(-1, 3))) <= {(0, 0, 0), (255, 0, 0)}
+
+
+def test_pseudo_label_pictures_show_three_panels(tmp_path: Path) -> None:
+    images = torch.randint(0, 256, (2, 3, 48, 64), dtype=torch.uint8)
+    labels = torch.full((2, 48, 64), 2, dtype=torch.uint8)
+    confidence = torch.linspace(0, 1, 64).expand(2, 48, 64)
+    with_confidence = pseudo_label_pictures(images, labels, confidence, ["a", "b"], tmp_path / "with")
+    without = pseudo_label_pictures(images, labels, None, ["a", "b"], tmp_path / "without")
+    picture = np.asarray(Image.open(with_confidence[1]))
+    assert picture.shape == (48, 3 * 64, 3)
+    assert (picture[:, 64:128] == COLORS[2]).all()
+    assert picture[0, 128].tolist() == [0, 0, 0] and picture[0, -1].tolist() == [255, 255, 255]
+    assert (np.asarray(Image.open(without[0]))[:, 128:] == 0).all()
+
+
+# ----------------------------------------------------------------------------- predict and inspect
+
+@pytest.fixture(scope="module")
+def checkpoint(model: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("checkpoint") / "tiny.pth.tar"
+    save_checkpoint(path, epoch=3, phase="teacher", val_iou=12.5, state_dict=model.state_dict(),
+                    config={"image_scale": 0.5, "crop_size": 448})
+    return path
+
+
+def test_predict_writes_index_and_colour_masks_at_the_image_size(checkpoint: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    sizes = {"f1": (96, 64), "f2": (96, 64), "f3": (80, 72)}
+    for name, (width, height) in sizes.items():
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(images / f"{name}.png")
+    out = tmp_path / "out"
+    predict.main(["--checkpoint", str(checkpoint), "--images", str(images), "--out", str(out), "--device", "cpu",
+                  "--batch-size", "2"])
+    assert "Predicted 3 images at scale 0.5" in capsys.readouterr().out  # the checkpoint's IMAGE_SCALE
+    for name, size in sizes.items():
+        index = Image.open(out / "index" / f"{name}.png")
+        colour = Image.open(out / "colour" / f"{name}.png")
+        assert index.size == colour.size == size and index.mode == "L" and colour.mode == "RGB"
+        assert np.asarray(index).max() < len(CLASS_NAMES)
+        assert np.array_equal(np.asarray(colour), index_to_colour(np.asarray(index)))
+
+
+def test_predict_reports_a_missing_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="^error: Checkpoint .* does not exist"):
+        predict.main(["--checkpoint", str(tmp_path / "none.pth.tar"), "--images", str(tmp_path),
+                      "--out", str(tmp_path / "out")])
+
+
+def test_checkpoint_inspection_prints_epoch_parameters_and_config(checkpoint: Path,
+                                                                 model: torch.nn.Module) -> None:
+    result = subprocess.run([sys.executable, "-m", "utils.checkpoint", str(checkpoint)], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "epoch: 3" in result.stdout
+    assert f"parameters: {parameter_count(model.state_dict()):,}" in result.stdout
+    assert "image_scale = 0.5" in result.stdout

@@ -1,0 +1,123 @@
+"""Segment a folder of images with a trained SwiftNet checkpoint.
+
+Training measures a model on CamVid's test set; this shows it on anything else (new video frames,
+another city) and hands its masks to other tools:
+
+    python -m utils.predict --checkpoint saved_models/pseudo_cam/teacher_best.pth.tar \\
+        --images data/camvid/unlabeled/train --out predictions
+
+writes OUT/index/<name>.png (class indices 0..10, the format of the *_labels folders) and
+OUT/colour/<name>.png (CamVid colours), each at its image's own size. Images are predicted at
+--image-scale (by default the scale the checkpoint was trained at) and the class probabilities
+are resized back bilinearly, as for the pseudo-labels.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from data.camvid import decode_image, image_files, image_size
+from data.classes import NUM_CLASSES
+from data.mask_maker import index_to_colour
+from models.swiftnet import swiftnet_rn18
+from utils.checkpoint import load_checkpoint, load_weights
+from utils.dist import Runtime, resolve_device
+from utils.engine import predict_probs
+from utils.errors import UserError
+from utils.io import write_png
+
+
+def load_model(path: Path, rt: Runtime) -> tuple[nn.Module, dict]:
+    """The SwiftNet-RN18 of a checkpoint, on the device, and the config it was trained with."""
+    checkpoint = load_checkpoint(path)
+    model = swiftnet_rn18(NUM_CLASSES)
+    load_weights(model, checkpoint, path)
+    return rt.prepare(model).eval(), checkpoint.get("config") or {}
+
+
+def same_size_batches(paths: Sequence[Path], batch_size: int) -> Iterator[tuple[list[Path], tuple[int, int]]]:
+    """Consecutive images of one size (width, height), at most `batch_size` at a time: one tensor each."""
+    batch: list[Path] = []
+    size = None
+    for path in paths:
+        this = image_size(path)
+        if batch and (this != size or len(batch) == batch_size):
+            yield batch, size
+            batch = []
+        batch.append(path)
+        size = this
+    if batch:
+        yield batch, size
+
+
+def predict_batch(model: nn.Module, paths: Sequence[Path], size: tuple[int, int], scale: float,
+                  rt: Runtime) -> np.ndarray:
+    """Class indices (B,H,W) uint8 at the images' own size (width, height) `size`."""
+    images = torch.from_numpy(np.stack([decode_image(path, scale) for path in paths])).permute(0, 3, 1, 2)
+    probs = predict_probs(model, images, rt)
+    if probs.shape[-2:] != (size[1], size[0]):
+        probs = F.interpolate(probs, (size[1], size[0]), mode="bilinear", align_corners=False)
+    return probs.argmax(1).to(torch.uint8).cpu().numpy()
+
+
+def predict_folder(model: nn.Module, images: Path, out: Path, scale: float, batch_size: int, rt: Runtime) -> int:
+    """Writes OUT/index/<name>.png and OUT/colour/<name>.png for every image; returns their number."""
+    paths = image_files(images)
+    with tqdm(total=len(paths), desc="predict", unit="image", dynamic_ncols=True) as bar:
+        for batch, size in same_size_batches(paths, batch_size):
+            for path, labels in zip(batch, predict_batch(model, batch, size, scale, rt)):
+                write_png(out / "index" / f"{path.stem}.png", labels)
+                write_png(out / "colour" / f"{path.stem}.png", index_to_colour(labels))
+            bar.update(len(batch))
+    return len(paths)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Segment every image of a folder with a SwiftNet checkpoint.")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="a .pth.tar of this project")
+    parser.add_argument("--images", type=Path, required=True, help="folder of .png/.jpg images")
+    parser.add_argument("--out", type=Path, required=True, help="folder for index/ and colour/")
+    parser.add_argument("--image-scale", type=float, help="resize factor before predicting "
+                                                          "(default: IMAGE_SCALE of the checkpoint's config, else 1)")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> str:
+    """Does the work of the command line; returns its final line."""
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size={args.batch_size}: give at least 1.")
+    if not args.images.is_dir():
+        raise UserError(f"--images {args.images} is not a folder: give a folder of .png/.jpg images.")
+    rt = Runtime(resolve_device(args.device))
+    model, config = load_model(args.checkpoint, rt)
+    scale = args.image_scale if args.image_scale is not None else float(config.get("image_scale", 1.0))
+    if not scale > 0:
+        raise UserError(f"--image-scale={scale}: give a positive factor, e.g. 0.5 for half size.")
+    try:
+        count = predict_folder(model, args.images, args.out, scale, args.batch_size, rt)
+    except OSError as error:
+        raise UserError(f"Cannot write into {args.out} ({error.strerror}). Choose a writable --out folder.") from error
+    return f"Predicted {count} images at scale {scale:g}: {args.out / 'index'} and {args.out / 'colour'}"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        line = run(args)
+    except UserError as error:
+        sys.exit(f"error: {error}")
+    print(line)
+
+
+if __name__ == "__main__":
+    main()
