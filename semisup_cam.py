@@ -60,12 +60,16 @@ RUN_DIR = ""  # "" = runs/<date-time>_cam/, or the unfinished run of the same co
 RESUME = True
 
 DEMO = dict(DATA_ROOT="data/demo_camvid", SAVE_DIR="saved_models/demo_cam", PRETRAINED=False, BATCH_SIZE=8,
-            CROP_SIZE=96, TEACHER_EPOCHS=24, EVAL_EACH=4, NO_ITER=2, PSEUDO_EPOCHS=4, FINETUNE_EPOCHS=8,
-            PSEUDO_LR=1e-3, FINETUNE_LR=1e-3, PSEUDO_THRESHOLD=0.0)
+            CROP_SIZE=96, TEACHER_EPOCHS=20, EVAL_EACH=4, NO_ITER=2, PSEUDO_EPOCHS=6, FINETUNE_EPOCHS=8,
+            PSEUDO_LR=1e-3, FINETUNE_LR=1e-3)
+
+
+def make_demo_data(root: str) -> None:
+    make_street_scenes(root, counts={"train": 64, "val": 12, "test": 24}, unlabeled=96)
 
 
 def main(argv: list[str]) -> None:
-    cfg, rt, run = start_run(globals(), argv, DEMO, "cam", make_street_scenes)
+    cfg, rt, run = start_run(globals(), argv, DEMO, "cam", make_demo_data)
     loop = CamVidSelfTraining(cfg, rt, run)
 
     teacher = loop.train_teacher()

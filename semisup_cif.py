@@ -52,15 +52,19 @@ SAVE_DIR = "saved_models/pseudo_cifar"
 RUN_DIR = ""  # "" = runs/<date-time>_cif/, or the unfinished run of the same config
 RESUME = True
 
-DEMO = dict(DATA_ROOT="data/demo_cifar", SAVE_DIR="saved_models/demo_cifar", LABELED_FRACTION=0.1,
+DEMO = dict(DATA_ROOT="data/demo_cifar", SAVE_DIR="saved_models/demo_cifar", LABELED_FRACTION=0.2,
             BALANCED_SPLIT=True, WIDTH=16, VAL_SIZE=200, MAX_UNLABELED=1000, BATCH_SIZE=64, EVAL_BATCH_SIZE=500,
-            TEACHER_LR=0.05, PSEUDO_LR=0.05, FINETUNE_LR=0.02, TEACHER_EPOCHS=12, EVAL_EACH=3, NO_ITER=2,
-            PSEUDO_EPOCHS=3, FINETUNE_EPOCHS=6)
+            TEACHER_LR=0.05, PSEUDO_LR=0.05, FINETUNE_LR=0.02, TEACHER_EPOCHS=15, EVAL_EACH=5, NO_ITER=2,
+            PSEUDO_EPOCHS=3, FINETUNE_EPOCHS=5)
+
+
+def make_demo_data(root: str) -> None:
+    make_cifar_like(root, n_train=3000, n_test=500)
 
 
 def main(argv: list[str]) -> None:
     cfg, rt, run = start_run(globals(), argv, DEMO, "cif", 
-                             lambda root: make_cifar_like(root, n_train=2400, n_test=1000))
+                             lambda root: make_cifar_like(root, n_train=3000, n_test=500))
     loop = CifarSelfTraining(cfg, rt, run)
 
     teacher = loop.train_teacher()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import sys
@@ -29,6 +30,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TQDM_DISABLE", "1")  # the table is the output; progress bars would bury it
 
 from bench.mask_maker_speed import python_loop, synthetic_masks, time_lut  # noqa: E402
 from data.camvid import load_images, load_labels  # noqa: E402
@@ -101,8 +103,8 @@ class PilPipeline:
         x0 = int(self.rng.integers(0, image.width - self.crop + 1))
         y0 = int(self.rng.integers(0, image.height - self.crop + 1))
         box = (x0, y0, x0 + self.crop, y0 + self.crop)
-        image_t = torch.from_numpy(np.asarray(image.crop(box))).permute(2, 0, 1).float()
-        return (image_t - self.mean) / self.std, torch.from_numpy(np.asarray(label.crop(box))).long()
+        image_t = torch.from_numpy(np.array(image.crop(box))).permute(2, 0, 1).float()
+        return (image_t - self.mean) / self.std, torch.from_numpy(np.array(label.crop(box))).long()
 
     def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         samples = [self.sample(i) for i in indices]

@@ -44,6 +44,17 @@ class Runtime:
         if self.distributed:
             td.barrier()
 
+    def sync_buffers(self, model: nn.Module) -> None:
+        """Rank 0's BatchNorm statistics everywhere.
+
+        DDP broadcasts buffers at the start of each forward, so after the last step every rank
+        holds statistics of its own shard; evaluating with those would disagree with the
+        checkpoint, which rank 0 writes.
+        """
+        if self.distributed:
+            for buffer in model.buffers():
+                td.broadcast(buffer, src=0)
+
     def broadcast(self, value: Any) -> Any:
         """Rank 0's `value` on every process (a picklable Python object)."""
         if not self.distributed:

@@ -243,6 +243,7 @@ def fit(model: nn.Module, phase: Phase, best: Best, run: Run, rt: Runtime,
         seconds += time.perf_counter() - began
         entry = {"phase": phase.name, "iteration": phase.iteration, "epoch": epoch, "loss": loss,
                  "lr": scheduler.get_last_lr()[0], "seconds": round(seconds, 3)}
+        rt.sync_buffers(model)
         if epoch % eval_each == 0 or epoch == phase.epochs:
             score, details = validate(model)
             entry.update(score=score, **details, **(phase.monitor(model) if phase.monitor else {}))

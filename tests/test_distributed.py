@@ -1,0 +1,73 @@
+"""Two processes under torchrun (gloo, CPU) run the whole CamVid loop like one process would.
+
+The run is checked from the outside: the records are written once, the pseudo-labels are
+complete, and the validation score the two processes agreed on equals a single-process
+evaluation of the checkpoint they saved.
+"""
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from data.camvid import load_split
+from data.classes import NUM_CLASSES
+from data.synthetic import make_street_scenes
+from models.swiftnet import swiftnet_rn18
+from utils.checkpoint import load_checkpoint, load_weights
+from utils.dist import Runtime
+from utils.engine import evaluate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    data = make_street_scenes(tmp / "data", counts={"train": 16, "val": 6, "test": 6}, unlabeled=10, size=(64, 48))
+    args = [f"--data_root={data}", "--device=cpu", "--pretrained=False", "--batch_size=4", "--crop_size=32",
+            "--eval_batch_size=4", "--teacher_epochs=2", "--eval_each=1", "--no_iter=1", "--pseudo_epochs=1",
+            "--finetune_epochs=1", "--pictures=0", f"--save_dir={tmp / 'ckpt'}", f"--run_dir={tmp / 'run'}",
+            f"--pseudo_root={tmp / 'pseudo'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "semisup_cam.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return tmp, data, done
+
+
+def test_training_completes_and_records_are_written_once(two_process_run):
+    tmp, _, _ = two_process_run
+    summary = json.loads((tmp / "run" / "summary.json").read_text())
+    assert summary["finished"] and len(summary["iterations"]) == 1
+    lines = [json.loads(line) for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
+    per_epoch = Counter((line["phase"], line["epoch"]) for line in lines)
+    assert per_epoch == Counter({("teacher", 1): 1, ("teacher", 2): 1, ("it1_pseudo", 1): 1, ("it1_finetune", 1): 1})
+    assert not list((tmp / "ckpt").glob("*.tmp")) and not list((tmp / "run").glob(".*.tmp"))
+
+
+def test_metrics_equal_a_single_process_evaluation(two_process_run):
+    tmp, data, _ = two_process_run
+    checkpoint = load_checkpoint(tmp / "ckpt" / "teacher_best.pth.tar")
+    model = swiftnet_rn18(NUM_CLASSES)
+    load_weights(model, checkpoint, "teacher_best")
+    val = load_split(data, "val")
+    cm = evaluate(model, val.images, val.labels, NUM_CLASSES, 4, Runtime(torch.device("cpu")))
+    assert cm.miou() == pytest.approx(checkpoint["val_iou"], abs=1e-9)
+    summary = json.loads((tmp / "run" / "summary.json").read_text())
+    assert summary["teacher"]["val_miou"] == pytest.approx(checkpoint["val_iou"], abs=1e-9)
+
+
+def test_pseudo_labels_are_complete(two_process_run):
+    tmp, data, _ = two_process_run
+    frames = sorted(p.stem for p in (data / "unlabeled" / "train").glob("*.png"))
+    written = sorted(p.stem for p in (tmp / "pseudo" / "train_pseudoIt1").glob("*.png"))
+    assert written == frames
+    for name in written:
+        with Image.open(tmp / "pseudo" / "train_pseudoIt1" / f"{name}.png") as label:
+            assert label.size == (64, 48) and label.mode == "L"
