@@ -36,6 +36,7 @@ WEIGHT_DECAY = 1e-4
 LR_MIN = 1e-5
 TEACHER_LR = 4e-3
 TEACHER_EPOCHS = 400
+TEACHER_CHECKPOINT = ""  # start from this teacher (a teacher_best.pth.tar) instead of training one
 EVAL_EACH = 10  # validate every EVAL_EACH epochs, keep the best
 # Pseudo-labeling loop (thesis defaults; the options after STUDENT_SCHEDULE are off)
 NO_ITER = 3

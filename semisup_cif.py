@@ -32,6 +32,7 @@ WEIGHT_DECAY = 5e-4
 LR_MIN = 0.0
 TEACHER_LR = 0.01
 TEACHER_EPOCHS = 120
+TEACHER_CHECKPOINT = ""  # start from this teacher (a teacher_best.pth.tar) instead of training one
 EVAL_EACH = 5
 # Pseudo-labeling loop
 NO_ITER = 3

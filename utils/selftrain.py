@@ -94,19 +94,30 @@ class SelfTraining:
         return fit(model, phase, best, self.run, self.rt, self.validate, self.cfg.eval_each, self.cfg.compile)
 
     def train_teacher(self) -> Candidate:
+        """The supervised teacher: trained here, or taken from TEACHER_CHECKPOINT to compare student options."""
         cfg = self.cfg
         began = time.perf_counter()
-        model = self._fresh_model(0)
-        best = Best(self.save_dir / "teacher_best.pth.tar", self.metric_key)
-        result = self._fit(model, self.labeled_phase("teacher", 0, cfg.teacher_epochs, cfg.teacher_lr), best)
-        teacher = Candidate("teacher", best.path, best.score)
+        if cfg.teacher_checkpoint:
+            teacher = self._given_teacher(Path(cfg.teacher_checkpoint))
+            best_epoch = load_checkpoint(teacher.path).get("epoch")
+        else:
+            best = Best(self.save_dir / "teacher_best.pth.tar", self.metric_key)
+            result = self._fit(self._fresh_model(0), self.labeled_phase("teacher", 0, cfg.teacher_epochs,
+                                                                         cfg.teacher_lr), best)
+            teacher, best_epoch = Candidate("teacher", best.path, best.score), result["best_epoch"]
         if not self.run.summary["teacher"]:
             model = self.model_from(teacher)
-            self.run.summary["teacher"] = {f"val_{self.score_key}": best.score, "best_epoch": result["best_epoch"],
+            self.run.summary["teacher"] = {f"val_{self.score_key}": teacher.val, "best_epoch": best_epoch,
                                            **self.test(model, "teacher")}
             self.pictures(model, "teacher")
             self._time("teacher", began)
         return teacher
+
+    def _given_teacher(self, path: Path) -> Candidate:
+        """A teacher from another run, validated here so that promotion compares like with like."""
+        teacher = Candidate("teacher", path, math.nan)
+        score, _ = self.validate(self.model_from(teacher))
+        return Candidate("teacher", path, score)
 
     def train_student(self, iteration: int) -> Candidate:
         cfg = self.cfg
