@@ -169,7 +169,15 @@ def load_split(root: str | Path, subset: str, scale: float = 1.0) -> Segmentatio
 
 def load_unlabeled(folder: str | Path, scale: float = 1.0, limit: int = 0) -> SegmentationSet:
     """Unlabeled frames; `limit` > 0 keeps the first `limit` (sorted by name) for quick runs."""
-    paths = image_files(Path(folder))
+    folder = Path(folder)
+    try:
+        paths = image_files(folder)
+    except UserError as error:
+        state = "holds no images (.png/.jpg)" if folder.is_dir() else "does not exist"
+        raise UserError(f"{folder} {state}, but NO_ITER >= 1 with LABELED_FRACTION = 1 pseudo-labels the unlabeled "
+                        f"frames there. Extract them with: python data/extract_frames.py VIDEO --out {folder} "
+                        "(README, 'Preparing CamVid'); or use the split protocol (--labeled_fraction=1/8), or train "
+                        "the teacher alone (--no_iter=0).") from error
     if limit > 0:
         paths = paths[:limit]
     return SegmentationSet(load_images(paths, scale), None, [p.stem for p in paths], image_size(paths[0]))

@@ -137,8 +137,11 @@ def _unpickle(path: Path) -> dict[bytes, Any]:
     try:
         with open(path, "rb") as f:
             entry = pickle.load(f, encoding="bytes")
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as error:
-        raise DataError(f"{path} is not a CIFAR-10 pickle ({error}); {_refetch_help(path)}") from error
+    except OSError as error:
+        raise DataError(f"{path} cannot be read ({error.strerror or error}); {_refetch_help(path)}") from error
+    except Exception as error:  # a damaged pickle fails in many ways (overflow, memory, unknown opcodes)
+        raise DataError(f"{path} is not a CIFAR-10 pickle ({type(error).__name__}: {error}); "
+                        f"{_refetch_help(path)}") from error
     if not isinstance(entry, dict):
         raise DataError(f"{path} holds a {type(entry).__name__}, not a dict; {_refetch_help(path)}")
     return entry

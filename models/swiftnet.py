@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
+from utils.errors import UserError
+
 # Statistics of CamVid in [0, 255] used by the thesis (RGB).
 CAMVID_MEAN = (111.376, 63.110, 83.670)
 CAMVID_STD = (41.608, 54.237, 68.889)
@@ -109,7 +111,7 @@ def imagenet_encoder(pretrained: bool, pretrained_path: str = "") -> nn.Module:
     if pretrained_path:
         path = Path(pretrained_path)
         if not path.is_file():
-            raise FileNotFoundError(f"PRETRAINED_PATH={pretrained_path} does not exist: point it at a "
+            raise UserError(f"PRETRAINED_PATH={pretrained_path} does not exist: point it at a "
                                     "ResNet-18 state dict (e.g. torchvision's resnet18-f37072fd.pth).")
         state = torch.load(path, map_location="cpu", weights_only=True)
         encoder.load_state_dict(state.get("state_dict", state))
@@ -119,7 +121,7 @@ def imagenet_encoder(pretrained: bool, pretrained_path: str = "") -> nn.Module:
             encoder.load_state_dict(weights.get_state_dict(progress=False))
         except Exception as error:  # urllib, SSL and hash errors all mean the same to the user.
             cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-            raise RuntimeError(
+            raise UserError(
                 f"Could not download the ImageNet weights of ResNet-18 ({error}). Put {weights.url} at {cache}, "
                 "or pass --pretrained_path=FILE with a local state dict, or train from scratch with "
                 "--pretrained=False.") from error

@@ -212,3 +212,10 @@ def test_the_checkpoint_tool_reports_a_missing_file_without_a_traceback(tmp_path
     assert result.returncode == 1
     assert result.stderr.startswith("error: ") and str(missing) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_help_lists_the_constants_and_exits_cleanly(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        configure({"BATCH_SIZE": 12, "DATA_ROOT": "data/camvid"}, ["--help"])
+    assert stopped.value.code == 0
+    assert "--batch_size=12" in capsys.readouterr().out

@@ -9,6 +9,7 @@ from torchvision.models import resnet18
 
 from models.swiftnet import CAMVID_MEAN, CAMVID_STD, SwiftNet, imagenet_encoder, swiftnet_rn18
 from utils.checkpoint import parameter_count
+from utils.errors import UserError
 
 NUM_CLASSES = 11
 
@@ -70,9 +71,9 @@ def test_the_model_normalises_with_camvid_statistics(model: SwiftNet) -> None:
 
 def test_a_missing_pretrained_path_is_a_clear_error(tmp_path: Path) -> None:
     missing = tmp_path / "missing.pth"
-    with pytest.raises(FileNotFoundError, match="missing.pth"):
+    with pytest.raises(UserError, match="missing.pth"):
         imagenet_encoder(pretrained=False, pretrained_path=str(missing))
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         imagenet_encoder(pretrained=True, pretrained_path="missing.pth")
 
 

@@ -25,20 +25,36 @@ from utils.io import atomic_open
 
 def save_checkpoint(path: str | os.PathLike, **fields: Any) -> None:
     fields.setdefault("saved_at", datetime.datetime.now().isoformat(timespec="seconds"))
-    with atomic_open(path, "wb") as f:
-        torch.save(fields, f)
+    try:
+        with atomic_open(path, "wb") as f:
+            torch.save(fields, f)
+    except OSError as error:  # a full disk, a folder that became read-only: the previous file is kept
+        raise UserError(f"Cannot write checkpoint {path} ({error.strerror or error}). Free some disk space and "
+                        "re-run the same command to resume, or start over in a writable place (--save_dir=PATH, "
+                        "--run_dir=PATH).") from error
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"Checkpoint {path} does not exist. Train the model first, or check SAVE_DIR.")
+        raise UserError(f"Checkpoint {path} does not exist. Check SAVE_DIR (or the path), or train the model "
+                        "again: --resume=False starts a run over.")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch.load fails in many ways on a damaged file; all mean the same here
-        reason = (str(error).splitlines() or [type(error).__name__])[0]
-        raise UserError(f"Checkpoint {path} is damaged or not a checkpoint ({reason}). "
-                        "Delete it and train again, or restore a copy.") from error
+        reason = _load_failure(error)
+        raise UserError(f"Checkpoint {path} is damaged or not a checkpoint ({reason}). Restore a copy, or "
+                        "delete it and train again: --resume=False starts a run over.") from error
+
+
+def _load_failure(error: Exception) -> str:
+    """Why torch.load failed, in one line, without its advice to load the file unsafely."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip()
+        detail = (detail.splitlines() or [""])[0].split(". Please use")[0]
+        return f"weights_only=True refuses it: {detail}"
+    return (text.splitlines() or [type(error).__name__])[0]
 
 
 def load_weights(model: nn.Module, checkpoint: dict[str, Any], path: str | os.PathLike) -> None:

@@ -53,7 +53,9 @@ def parse_value(name: str, text: str, default: Any) -> Any:
         return text
     except (ValueError, ZeroDivisionError, json.JSONDecodeError):
         kind = type(default).__name__
-        raise UserError(f"--{name}={text}: expected a {kind} like the default {name.upper()} = {default!r}.") from None
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise UserError(f"--{name}={text}: expected {article} {kind} like the default "
+                        f"{name.upper()} = {default!r}.") from None
 
 
 def configure(namespace: Mapping[str, Any], argv: Sequence[str],
@@ -68,7 +70,8 @@ def configure(namespace: Mapping[str, Any], argv: Sequence[str],
             demo = True
             continue
         if arg in ("-h", "--help"):
-            raise UserError(usage(defaults))
+            print(usage(defaults))
+            raise SystemExit(0)
         if not arg.startswith("--") or "=" not in arg:
             raise UserError(f"Cannot read argument {arg!r}: write --name=value (e.g. --batch_size=8), or --demo.")
         name, text = arg[2:].split("=", 1)

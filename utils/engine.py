@@ -237,9 +237,11 @@ def fit(model: nn.Module, phase: Phase, best: Best, run: Run, rt: Runtime,
         loss = train_one_epoch(train_model, phase.batches(generator), phase.steps_per_epoch, optimizer, scheduler,
                                phase.loss_fn, rt, desc=f"epoch {epoch}")
         if not math.isfinite(loss):
-            raise TrainingDiverged(
-                f"The loss of phase {phase.name} became {loss} in epoch {epoch}. The last good state is kept in "
-                f"{last_path if last_path.is_file() else best.path}. Lower the learning rate and re-run.")
+            kept = (f"The last good state is kept in {last_path}; a re-run resumes from it"
+                    if last_path.is_file() else "No epoch of this phase had finished, so nothing was saved")
+            raise TrainingDiverged(f"The loss of phase {phase.name} became {loss} in epoch {epoch}. {kept}. "
+                                   "Lower the learning rate (a changed config needs --resume=False or another "
+                                   "--run_dir) and run again.")
         seconds += time.perf_counter() - began
         entry = {"phase": phase.name, "iteration": phase.iteration, "epoch": epoch, "loss": loss,
                  "lr": scheduler.get_last_lr()[0], "seconds": round(seconds, 3)}

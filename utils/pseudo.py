@@ -46,15 +46,20 @@ def _is_complete(path: Path, size: tuple[int, int]) -> bool:
 
 
 def _prepare(folder: Path, identity: dict[str, Any], rt: Runtime) -> None:
-    """Clears the folder if another teacher or other options made it, then records ours."""
+    """Clears the folder if another teacher or other options made it, then records ours.
+
+    Temporary files that a killed run left behind (`.NAME.png.*.tmp`) are removed in any case.
+    """
     manifest = folder / MANIFEST
     if rt.is_main:
         try:
             same = manifest.is_file() and json.loads(manifest.read_text()) == identity
         except (OSError, json.JSONDecodeError):
             same = False
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
         if not same:
-            folder.mkdir(parents=True, exist_ok=True)
             for stale in folder.glob("*.png"):
                 stale.unlink()
             write_json(manifest, identity)
@@ -65,6 +70,16 @@ def label_frames(model: nn.Module, frames: SegmentationSet, folder: Path, identi
                  ignore_index: int, batch_size: int, threshold: float = 0.0, scales: Sequence[float] = (1.0,),
                  flip: bool = False) -> None:
     """Writes `folder/<frame>.png` for every frame not already there; each process takes its share."""
+    try:
+        _write_labels(model, frames, folder, identity, rt, ignore_index, batch_size, threshold, scales, flip)
+    except OSError as error:
+        raise UserError(f"Cannot write pseudo-labels into {folder} ({error.strerror or error}). Choose a writable "
+                        "place with --pseudo_root=PATH (or free some disk space) and re-run to resume.") from error
+    rt.barrier()
+
+
+def _write_labels(model: nn.Module, frames: SegmentationSet, folder: Path, identity: dict[str, Any], rt: Runtime,
+                  ignore_index: int, batch_size: int, threshold: float, scales: Sequence[float], flip: bool) -> None:
     _prepare(folder, identity, rt)
     width, height = frames.source_size
     todo = [i for i, name in enumerate(frames.names) if not _is_complete(folder / f"{name}.png", (width, height))]
@@ -84,7 +99,6 @@ def label_frames(model: nn.Module, frames: SegmentationSet, folder: Path, identi
                         for k, i in enumerate(index)]
         for job in pending:
             job.result()
-    rt.barrier()
 
 
 def pseudo_quality(pseudo: torch.Tensor, truth: torch.Tensor | None, num_classes: int,

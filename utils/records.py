@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from utils.errors import UserError
-from utils.io import append_jsonl, write_json
+from utils.io import append_jsonl, probe_folder, write_json
 
 # Settings that may change between a run and its resumption without changing the experiment.
-NOT_PART_OF_EXPERIMENT = ("run_dir", "resume")
+# PSEUDO_ROOT is only where pseudo-labels are cached (they are remade there), so a run that could
+# not write them can resume with another --pseudo_root.
+NOT_PART_OF_EXPERIMENT = ("run_dir", "resume", "pseudo_root")
 
 
 def experiment(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -86,9 +88,9 @@ class Run:
         return self.folder / "summary.json"
 
     def _check_same_config(self) -> None:
-        saved = experiment(_read_json(self.folder / "config.json"))
         if not self.config["resume"]:
-            return
+            return  # starting over: the old config.json is replaced, even an unreadable one
+        saved = experiment(_read_json(self.folder / "config.json"))
         differing = sorted(k for k in set(saved) | set(experiment(self.config)) if saved.get(k) != self.config.get(k))
         if differing:
             details = ", ".join(f"{k}: {saved.get(k)!r} there, {self.config.get(k)!r} now" for k in differing[:6])
@@ -96,8 +98,20 @@ class Run:
                             "or --resume=False to start that run over.")
 
     def _prepare_folder(self) -> None:
+        save_dir = self.config.get("save_dir")
+        if save_dir:
+            # Checked before config.json is written, so the fixed command can still resume this run.
+            try:
+                probe_folder(Path(save_dir))
+            except OSError as error:
+                raise UserError(f"Cannot write checkpoints to SAVE_DIR={save_dir} ({error.strerror or error}). "
+                                "Choose a writable place with --save_dir=PATH.") from error
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
+            # A run killed while saving leaves its temporary file (.last_<phase>.pth.tar.*.tmp, the size of a
+            # checkpoint); the run directory is this run's alone, so nothing else can be writing them.
+            for stale in self.folder.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
             if not self.config["resume"]:
                 for stale in ("progress.json", "summary.json", "metrics.jsonl"):
                     (self.folder / stale).unlink(missing_ok=True)

@@ -24,7 +24,7 @@ from utils.dist import Runtime
 from utils.engine import Batch, Phase, Source, cross_entropy, evaluate, mixed_batches, predict_probs
 from utils.pictures import prediction_pictures, pseudo_label_pictures
 from utils.errors import UserError
-from utils.io import write_json
+from utils.io import probe_folder, write_json
 from utils.pseudo import label_frames, pseudo_folder, pseudo_quality
 from utils.records import Run
 from utils.selftrain import Candidate, SelfTraining
@@ -72,6 +72,19 @@ class CamVidSelfTraining(SelfTraining):
         self.labeled = self.labeled.to(device)
         self.unlabeled = self.unlabeled.to(device) if self.unlabeled is not None else None
         self.pseudo: SegmentationSet | None = None
+        if cfg.no_iter > 0 and rt.is_main:
+            self._check_pseudo_root()
+
+    def _pseudo_root(self) -> Path:
+        return Path(self.cfg.pseudo_root or Path(self.cfg.data_root) / "unlabeled")
+
+    def _check_pseudo_root(self) -> None:
+        """Before the teacher trains for hours: the default place for pseudo-labels is inside the data folder."""
+        try:
+            probe_folder(self._pseudo_root())
+        except OSError as error:
+            raise UserError(f"Cannot write pseudo-labels into {self._pseudo_root()} ({error.strerror}). "
+                            "Choose a writable place with --pseudo_root=PATH.") from error
 
     def _divide(self, train: SegmentationSet, root: Path) -> tuple[SegmentationSet, SegmentationSet | None]:
         """Labeled images, and the unlabeled ones: a share of train (split protocol) or the frames folder."""
@@ -165,7 +178,7 @@ class CamVidSelfTraining(SelfTraining):
         if self.unlabeled is None or len(self.unlabeled) == 0:
             raise UserError("There are no unlabeled images to pseudo-label: put frames in "
                             f"{Path(cfg.data_root) / 'unlabeled' / 'train'} or use --labeled_fraction=1/8.")
-        folder = pseudo_folder(cfg.pseudo_root or Path(cfg.data_root) / "unlabeled", iteration)
+        folder = pseudo_folder(self._pseudo_root(), iteration)
         identity = {"run": str(self.run.folder), "teacher": str(teacher_info.path), "teacher_val": teacher_info.val,
                     "threshold": cfg.pseudo_threshold, "tta": cfg.pseudo_tta, "tta_scales": cfg.tta_scales,
                     "image_scale": cfg.image_scale, "frames": len(self.unlabeled)}
