@@ -61,7 +61,7 @@ RUN_DIR = ""  # "" = runs/<date-time>_cam/, or the unfinished run of the same co
 RESUME = True
 
 DEMO = dict(DATA_ROOT="data/demo_camvid", SAVE_DIR="saved_models/demo_cam", PRETRAINED=False, BATCH_SIZE=8,
-            CROP_SIZE=96, TEACHER_EPOCHS=20, EVAL_EACH=4, NO_ITER=2, PSEUDO_EPOCHS=6, FINETUNE_EPOCHS=8,
+            CROP_SIZE=96, TEACHER_EPOCHS=20, EVAL_EACH=4, NO_ITER=2, PSEUDO_EPOCHS=4, FINETUNE_EPOCHS=6,
             PSEUDO_LR=1e-3, FINETUNE_LR=1e-3)
 
 
