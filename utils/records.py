@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import subprocess
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,6 +24,16 @@ from utils.io import append_jsonl, probe_folder, write_json
 # PSEUDO_ROOT is only where pseudo-labels are cached (they are remade there), so a run that could
 # not write them can resume with another --pseudo_root.
 NOT_PART_OF_EXPERIMENT = ("run_dir", "resume", "pseudo_root")
+
+
+def code_version() -> str:
+    """The git commit of the code, '-dirty' when it has uncommitted changes, or 'unknown' outside git."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=root,
+                              capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def experiment(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -78,6 +89,9 @@ class Run:
         self.progress: dict[str, Any] = _read_json(self.progress_path) if self.progress_path.is_file() else {}
         self.summary: dict[str, Any] = (_read_json(self.summary_path) if self.summary_path.is_file() and self.progress
                                         else {"teacher": {}, "iterations": [], "timings_s": {}, "finished": False})
+        versions = self.summary.setdefault("code_versions", [])  # every code that worked on this run
+        if writer and (version := code_version()) not in versions:
+            versions.append(version)
 
     @property
     def progress_path(self) -> Path:
