@@ -19,11 +19,14 @@ class ConfusionMatrix:
         self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
 
     def update(self, target: torch.Tensor, pred: torch.Tensor) -> None:
+        """Adds a batch. Ignored targets go to an extra bin that is dropped: boolean indexing would
+        copy the kept pixels and is ten times slower on the CPU; small integers halve the traffic."""
         n = self.num_classes
-        target = target.reshape(-1).to(self.mat.device, torch.int64)
-        pred = pred.reshape(-1).to(self.mat.device, torch.int64)
-        keep = (target >= 0) & (target < n)
-        self.mat += torch.bincount(target[keep] * n + pred[keep], minlength=n * n).view(n, n)
+        dtype = torch.int16 if (n + 1) ** 2 < 2**15 else torch.int32
+        target = target.reshape(-1).to(self.mat.device, dtype)
+        pred = pred.reshape(-1).to(self.mat.device, dtype)
+        index = torch.where((target >= 0) & (target < n), target * n + pred, n * n)
+        self.mat += torch.bincount(index.long(), minlength=n * n + 1)[: n * n].view(n, n)
 
     def reduce(self) -> None:
         """Sums the matrices of all processes, so every rank holds the whole dataset's counts."""
