@@ -265,10 +265,11 @@ def fit(model: nn.Module, phase: Phase, best: Best, run: Run, rt: Runtime,
         rt.barrier()
     result = {"best_score": best.score, "best_epoch": best.epoch, "epochs": phase.epochs, "loss": loss,
               "seconds": round(seconds, 3)}
+    # Marked done first: a kill before the slimming below leaves a full checkpoint of the same weights.
+    run.mark_done(phase.name, result)
     if rt.is_main:
         # The optimizer state is only needed to resume inside the phase: keep the final weights alone.
         save_checkpoint(last_path, phase=phase.name, iteration=phase.iteration, epoch=phase.epochs,
                         state_dict=model.state_dict(), best_score=best.score, config=dict(run.config))
-    run.mark_done(phase.name, result)
     rt.barrier()
     return result
