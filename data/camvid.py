@@ -53,6 +53,11 @@ class SegmentationSet:
         labels = None if self.labels is None else self.labels.to(device)
         return SegmentationSet(self.images.to(device), labels, self.names, self.source_size)
 
+    def pin_memory(self) -> "SegmentationSet":
+        """Page-locked host memory: batches then reach the GPU by asynchronous copies."""
+        labels = None if self.labels is None else self.labels.pin_memory()
+        return SegmentationSet(self.images.pin_memory(), labels, self.names, self.source_size)
+
 
 def image_files(folder: Path) -> list[Path]:
     """The images of a folder, sorted by name; a missing or empty folder is an error."""

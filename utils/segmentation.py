@@ -64,13 +64,12 @@ class CamVidSelfTraining(SelfTraining):
     def __init__(self, cfg: Config, rt: Runtime, run: Run):
         super().__init__(cfg, rt, run)
         root = Path(cfg.data_root)
-        device = rt.device if cfg.data_on_device else torch.device("cpu")
         train = load_split(root, "train", cfg.image_scale)
-        self.val = load_split(root, "val", cfg.image_scale).to(device)
-        self.test_set = load_split(root, "test", cfg.image_scale).to(device)
-        self.labeled, self.unlabeled = self._divide(train, root)
-        self.labeled = self.labeled.to(device)
-        self.unlabeled = self.unlabeled.to(device) if self.unlabeled is not None else None
+        self.val = self._place(load_split(root, "val", cfg.image_scale))
+        self.test_set = self._place(load_split(root, "test", cfg.image_scale))
+        labeled, unlabeled = self._divide(train, root)
+        self.labeled = self._place(labeled)
+        self.unlabeled = self._place(unlabeled) if unlabeled is not None else None
         self.pseudo: SegmentationSet | None = None
         if cfg.no_iter > 0 and rt.is_main:
             self._check_pseudo_root()
@@ -85,6 +84,12 @@ class CamVidSelfTraining(SelfTraining):
         except OSError as error:
             raise UserError(f"Cannot write pseudo-labels into {self._pseudo_root()} ({error.strerror}). "
                             "Choose a writable place with --pseudo_root=PATH.") from error
+
+    def _place(self, data: SegmentationSet) -> SegmentationSet:
+        """On the GPU when DATA_ON_DEVICE, else in pinned host memory for a GPU run, else as it is."""
+        if self.rt.device.type != "cuda":
+            return data
+        return data.to(self.rt.device) if self.cfg.data_on_device else data.pin_memory()
 
     def _divide(self, train: SegmentationSet, root: Path) -> tuple[SegmentationSet, SegmentationSet | None]:
         """Labeled images, and the unlabeled ones: a share of train (split protocol) or the frames folder."""
