@@ -36,21 +36,22 @@ def scale_crop_flip(images: torch.Tensor, labels: torch.Tensor, crop: int, mean:
     ox = (s * w - crop) * torch.rand(b, generator=generator)
     oy = (s * h - crop) * torch.rand(b, generator=generator)
     sign = torch.where(_coin(b, 0.5 if flip else 0.0, generator), -1.0, 1.0)
-    theta = torch.zeros(b, 2, 3)
     # Output coordinate u (normalised, align_corners=False) maps to input x = (u_pixels + ox) / s.
-    theta[:, 0, 0] = sign * crop / (s * w)
-    theta[:, 0, 2] = sign * ((crop + 2 * ox) / (s * w) - 1)
-    theta[:, 1, 1] = crop / (s * h)
-    theta[:, 1, 2] = (crop + 2 * oy) / (s * h) - 1
-    grid = F.affine_grid(theta.to(images.device), [b, 1, crop, crop], align_corners=False)
-    mean_t = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
+    # The map is axis-aligned, so the sampling grid is an outer sum of two 1-D coordinate vectors:
+    # cheaper than affine_grid's matrix product over every pixel.
+    device = images.device
+    u = ((torch.arange(crop, device=device) + 0.5) * 2 / crop - 1)[None]
+    gx = (sign * crop / (s * w)).to(device)[:, None] * u + (sign * ((crop + 2 * ox) / (s * w) - 1)).to(device)[:, None]
+    gy = (crop / (s * h)).to(device)[:, None] * u + ((crop + 2 * oy) / (s * h) - 1).to(device)[:, None]
+    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
+    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
     out_images = F.grid_sample(images.float() - mean_t, grid, mode="bilinear", padding_mode="zeros",
                                align_corners=False) + mean_t
     # Shift labels by one so that the zero padding of grid_sample becomes -1, then ignore.
     shifted = (labels.float() + 1).unsqueeze(1)
     out_labels = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=False)
     out_labels = out_labels.squeeze(1).long() - 1
-    out_labels[out_labels < 0] = ignore_index
+    out_labels = torch.where(out_labels < 0, ignore_index, out_labels)
     return out_images, out_labels
 
 
