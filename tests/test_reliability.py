@@ -56,17 +56,10 @@ def scenes16(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_street_scenes(root, counts={"train": 16, "val": 4, "test": 4}, unlabeled=0, size=SIZE)
 
 
-@pytest.fixture(scope="module")
-def tiny4(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Read-only: 4 train images (one step per epoch), 2 val, 2 test, 3 unlabeled frames."""
-    root = tmp_path_factory.mktemp("tiny4")
-    return make_street_scenes(root, counts={"train": 4, "val": 2, "test": 2}, unlabeled=3, size=SIZE)
-
-
 @pytest.fixture
-def data(tiny4: Path, tmp_path: Path) -> Path:
-    """A private copy of `tiny4` that a test may damage."""
-    return Path(shutil.copytree(tiny4, tmp_path / "camvid"))
+def data(scenes: Path) -> Path:
+    """conftest's private copy of the tiny scenes (4 train, 2 val, 2 test, 3 frames), which a test may damage."""
+    return scenes
 
 
 def cam_args(data_root: Path, work: Path, **overrides: Any) -> list[str]:
@@ -468,11 +461,11 @@ def test_an_unreadable_config_json_is_named_and_resume_false_replaces_it(data: P
 
 # ----------------------------------------------------------------------------- divergence
 
-def test_a_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny4: Path, tmp_path: Path) -> None:
+def test_a_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny_scenes: Path, tmp_path: Path) -> None:
     # One step per epoch: epoch 1 reports the loss before its only step, the huge step ruins epoch 2.
     with pytest.raises(TrainingDiverged, match=r"loss of phase teacher became nan in epoch 2.*last_teacher\.pth\.tar"
                                                r".*Lower the learning rate"):
-        _cam(tiny4, tmp_path, teacher_epochs=3, teacher_lr=1e30)
+        _cam(tiny_scenes, tmp_path, teacher_epochs=3, teacher_lr=1e30)
     last = load_checkpoint(tmp_path / "run" / "last_teacher.pth.tar")
     assert last["epoch"] == 1 and "optimizer" in last
     assert all(torch.isfinite(t).all() for t in last["state_dict"].values() if t.is_floating_point())
@@ -501,10 +494,10 @@ def test_a_loss_that_is_nan_from_the_start_does_not_point_to_a_missing_file(tmp_
 
 # ----------------------------------------------------------------------------- determinism
 
-def test_seeded_runs_repeat_and_another_seed_differs(tiny4: Path, tmp_path: Path) -> None:
+def test_seeded_runs_repeat_and_another_seed_differs(tiny_scenes: Path, tmp_path: Path) -> None:
     def summary(name: str, **overrides: Any) -> tuple[dict[str, Any], list[float]]:
         work = tmp_path / name
-        _cam(tiny4, work, teacher_epochs=2, **overrides)
+        _cam(tiny_scenes, work, teacher_epochs=2, **overrides)
         return comparable(read_json(work / "run" / "summary.json")), [m["loss"] for m in metrics(work / "run")]
 
     first, again, other = summary("first"), summary("again"), summary("other", seed=1)

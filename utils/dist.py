@@ -118,9 +118,3 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside DistributedDataParallel (or torch.compile), whose state dict is portable."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from utils.dist import Runtime, unwrap
+from utils.dist import Runtime
 from utils.errors import UserError
 from utils.metrics import ConfusionMatrix
 from utils.records import Run
