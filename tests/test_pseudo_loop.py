@@ -19,6 +19,7 @@ import semisup_cam
 from data.camvid import SegmentationSet, load_unlabeled
 from data.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from data.synthetic import make_street_scenes
+from utils.checkpoint import save_checkpoint
 from utils.config import Config
 from utils.dist import Runtime
 from utils.engine import predict_probs
@@ -271,6 +272,31 @@ def test_promotion_rule(tmp_path: Path, cpu: Runtime, student_val: float, always
     teacher = Candidate("teacher", tmp_path / "teacher_best.pth.tar", 50.0)
     student = Candidate("student_it1", tmp_path / "student_it1_best.pth.tar", student_val)
     assert loop.promote(teacher, student) == ((student if promoted else teacher), promoted)
+
+
+
+class _LinearTask(SelfTraining):
+    def new_model(self) -> nn.Module:
+        return nn.Linear(4, 3)
+
+
+def test_student_init_fresh_is_new_weights_teacher_is_the_teachers(tmp_path: Path, cpu: Runtime) -> None:
+    torch.manual_seed(123)
+    teacher_model = nn.Linear(4, 3)
+    save_checkpoint(tmp_path / "teacher_best.pth.tar", state_dict=teacher_model.state_dict())
+    teacher = Candidate("teacher", tmp_path / "teacher_best.pth.tar", 50.0)
+
+    def student(init: str, iteration: int = 1) -> nn.Module:
+        return _LinearTask(Config(save_dir=str(tmp_path), student_init=init, seed=0), cpu, run=None).new_student(
+            iteration, teacher)
+
+    assert torch.equal(student("teacher").weight, teacher_model.weight)
+    fresh = student("fresh")
+    assert not torch.equal(fresh.weight, teacher_model.weight)
+    assert torch.equal(student("fresh").weight, fresh.weight)  # seeded: a resumed run builds the same student
+    assert not torch.equal(student("fresh", iteration=2).weight, fresh.weight)
+    with pytest.raises(UserError, match="--student_init=warm"):
+        student("warm")
 
 
 # ----------------------------------------------------------------------------- the loop end to end

@@ -19,6 +19,7 @@ from utils.checkpoint import load_checkpoint, load_weights
 from utils.config import Config, configure
 from utils.dist import Runtime, seed_everything, setup, teardown
 from utils.engine import Best, Phase, fit
+from utils.errors import UserError
 from utils.records import Run, choose_run_dir
 
 
@@ -119,9 +120,19 @@ class SelfTraining:
         score, _ = self.validate(self.model_from(teacher))
         return Candidate("teacher", path, score)
 
-    def train_student(self, iteration: int) -> Candidate:
+    def new_student(self, iteration: int, teacher: Candidate) -> nn.Module:
+        """A fresh model (the thesis), or the teacher's weights, which saves the student relearning
+        what the teacher knows when the compute budget is short (STUDENT_INIT)."""
+        if self.cfg.student_init == "fresh":
+            return self._fresh_model(iteration)
+        if self.cfg.student_init == "teacher":
+            return self.model_from(teacher)
+        raise UserError(f"--student_init={self.cfg.student_init}: expected 'fresh' (a new model, the thesis) "
+                        "or 'teacher' (start from the current teacher's weights).")
+
+    def train_student(self, iteration: int, teacher: Candidate) -> Candidate:
         cfg = self.cfg
-        model = self._fresh_model(iteration)
+        model = self.new_student(iteration, teacher)
         best = Best(self.save_dir / f"student_it{iteration}_best.pth.tar", self.metric_key)
         if cfg.student_schedule == "joint":
             self._fit(model, self.joint_phase(f"it{iteration}_joint", iteration, cfg.pseudo_epochs,
@@ -150,7 +161,7 @@ class SelfTraining:
         quality = self.pseudo_label(self.model_from(teacher), iteration, teacher)
         self._time(f"it{iteration}_pseudo_label", began)
         began = time.perf_counter()
-        student = self.train_student(iteration)
+        student = self.train_student(iteration, teacher)
         next_teacher, promoted = self.promote(teacher, student)
         model = self.model_from(student)
         entry = {"iteration": iteration, f"val_{self.score_key}": student.val,
