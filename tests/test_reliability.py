@@ -450,6 +450,18 @@ def test_another_config_in_a_run_dir_names_the_keys_and_resume_false_starts_over
     assert read_json(run / "progress.json")["teacher"]["epochs"] == 2
 
 
+def test_a_run_from_before_a_new_constant_resumes_while_that_constant_keeps_its_default(data: Path,
+                                                                                       tmp_path: Path) -> None:
+    _cam(data, tmp_path)
+    config_path = tmp_path / "run" / "config.json"
+    older = {k: v for k, v in read_json(config_path).items() if k != "student_init"}  # as older code wrote it
+    config_path.write_text(json.dumps(older))
+    _cam(data, tmp_path)  # STUDENT_INIT keeps its default: the same experiment
+    config_path.write_text(json.dumps(older))
+    with pytest.raises(UserError, match=r"another config \(student_init: None there, 'teacher' now\)"):
+        _cam(data, tmp_path, student_init="teacher")
+
+
 def test_an_unreadable_config_json_is_named_and_resume_false_replaces_it(data: Path, tmp_path: Path) -> None:
     _cam(data, tmp_path)
     (tmp_path / "run" / "config.json").write_text("{half a file")

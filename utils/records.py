@@ -40,6 +40,18 @@ def experiment(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in NOT_PART_OF_EXPERIMENT}
 
 
+def differing_settings(saved: Mapping[str, Any], config: Mapping[str, Any],
+                       defaults: Mapping[str, Any] | None = None) -> list[str]:
+    """The experiment settings in which a saved run and this config differ.
+
+    A setting the saved run does not name was added to the code after it started; a new constant
+    defaults to the behaviour before it, so the run resumes if the setting still has its default.
+    """
+    saved, config, defaults = experiment(saved), experiment(config), defaults or {}
+    return sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k)
+                  and not (k not in saved and k in defaults and config.get(k) == defaults[k]))
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -47,14 +59,15 @@ def _read_json(path: Path) -> Any:
         raise UserError(f"{path} cannot be read ({error}). Delete the run directory or pass --resume=False.") from error
 
 
-def find_unfinished(base: Path, name: str, config: Mapping[str, Any]) -> Path | None:
+def find_unfinished(base: Path, name: str, config: Mapping[str, Any],
+                    defaults: Mapping[str, Any] | None = None) -> Path | None:
     """The newest run under `base` with this experiment's config that has not finished."""
     for folder in sorted(base.glob(f"*_{name}"), reverse=True):
         config_path, summary_path = folder / "config.json", folder / "summary.json"
         if not config_path.is_file():
             continue
         try:
-            same = experiment(json.loads(config_path.read_text())) == experiment(config)
+            same = not differing_settings(json.loads(config_path.read_text()), config, defaults)
             finished = summary_path.is_file() and json.loads(summary_path.read_text()).get("finished", False)
         except (OSError, json.JSONDecodeError):
             continue
@@ -63,12 +76,13 @@ def find_unfinished(base: Path, name: str, config: Mapping[str, Any]) -> Path | 
     return None
 
 
-def choose_run_dir(config: Mapping[str, Any], name: str, base: str = "runs") -> Path:
+def choose_run_dir(config: Mapping[str, Any], name: str, base: str = "runs",
+                   defaults: Mapping[str, Any] | None = None) -> Path:
     """RUN_DIR if given; else the unfinished run of the same config (when RESUME); else a new folder."""
     if config["run_dir"]:
         return Path(config["run_dir"])
     if config["resume"]:
-        found = find_unfinished(Path(base), name, config)
+        found = find_unfinished(Path(base), name, config, defaults)
         if found is not None:
             return found
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -78,8 +92,10 @@ def choose_run_dir(config: Mapping[str, Any], name: str, base: str = "runs") -> 
 class Run:
     """One run directory. Only the main process writes; the others read."""
 
-    def __init__(self, folder: Path, config: Mapping[str, Any], writer: bool = True):
+    def __init__(self, folder: Path, config: Mapping[str, Any], writer: bool = True,
+                 defaults: Mapping[str, Any] | None = None):
         self.folder = folder
+        self.defaults = defaults or {}
         self.writer = writer
         self.config = dict(config)
         if (folder / "config.json").is_file():
@@ -104,8 +120,8 @@ class Run:
     def _check_same_config(self) -> None:
         if not self.config["resume"]:
             return  # starting over: the old config.json is replaced, even an unreadable one
-        saved = experiment(_read_json(self.folder / "config.json"))
-        differing = sorted(k for k in set(saved) | set(experiment(self.config)) if saved.get(k) != self.config.get(k))
+        saved = _read_json(self.folder / "config.json")
+        differing = differing_settings(saved, self.config, self.defaults)
         if differing:
             details = ", ".join(f"{k}: {saved.get(k)!r} there, {self.config.get(k)!r} now" for k in differing[:6])
             raise UserError(f"{self.folder} holds a run with another config ({details}). Use another --run_dir, "

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from utils.checkpoint import load_checkpoint, load_weights
-from utils.config import Config, configure
+from utils.config import Config, configure, constants_of
 from utils.dist import Runtime, seed_everything, setup, teardown
 from utils.engine import Best, Phase, fit
 from utils.errors import UserError
@@ -31,10 +31,11 @@ def start_run(namespace: Mapping[str, Any], argv: Sequence[str], demo_overrides:
     if cfg.demo and rt.is_main:
         make_demo_data(cfg.data_root)
     # Rank 0 picks and prepares the folder; the other processes follow once it is ready.
-    folder = rt.broadcast(choose_run_dir(cfg, name) if rt.is_main else None)
-    run = Run(folder, cfg, writer=True) if rt.is_main else None
+    defaults = constants_of(namespace)
+    folder = rt.broadcast(choose_run_dir(cfg, name, defaults=defaults) if rt.is_main else None)
+    run = Run(folder, cfg, writer=True, defaults=defaults) if rt.is_main else None
     rt.barrier()
-    return cfg, rt, run if rt.is_main else Run(folder, cfg, writer=False)
+    return cfg, rt, run if rt.is_main else Run(folder, cfg, writer=False, defaults=defaults)
 
 
 @dataclass
