@@ -462,6 +462,20 @@ def test_a_run_from_before_a_new_constant_resumes_while_that_constant_keeps_its_
         _cam(data, tmp_path, student_init="teacher")
 
 
+def test_a_resumed_run_keeps_the_code_versions_that_worked_on_it_before_any_phase_finished(tmp_path: Path) -> None:
+    from utils.records import Run, code_version
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    config = {"run_dir": str(folder), "resume": True}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "summary.json").write_text(json.dumps({"teacher": {}, "iterations": [], "timings_s": {},
+                                                     "finished": False, "code_versions": ["0123456789ab"]}))
+    run = Run(folder, config)
+    assert run.summary["code_versions"] == ["0123456789ab", code_version()]
+    assert run.summary["iterations"] == [] and run.summary["teacher"] == {}
+
+
 def test_an_unreadable_config_json_is_named_and_resume_false_replaces_it(data: Path, tmp_path: Path) -> None:
     _cam(data, tmp_path)
     (tmp_path / "run" / "config.json").write_text("{half a file")

@@ -103,9 +103,11 @@ class Run:
         if writer:
             self._prepare_folder()
         self.progress: dict[str, Any] = _read_json(self.progress_path) if self.progress_path.is_file() else {}
-        self.summary: dict[str, Any] = (_read_json(self.summary_path) if self.summary_path.is_file() and self.progress
+        earlier: dict[str, Any] = _read_json(self.summary_path) if self.summary_path.is_file() else {}
+        self.summary: dict[str, Any] = (earlier if self.progress
                                         else {"teacher": {}, "iterations": [], "timings_s": {}, "finished": False})
-        versions = self.summary.setdefault("code_versions", [])  # every code that worked on this run
+        # Every code that worked on this run, also on a phase that had not finished when the run stopped.
+        versions = self.summary.setdefault("code_versions", list(earlier.get("code_versions", [])))
         if writer and (version := code_version()) not in versions:
             versions.append(version)
 
