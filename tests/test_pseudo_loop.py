@@ -274,7 +274,6 @@ def test_promotion_rule(tmp_path: Path, cpu: Runtime, student_val: float, always
     assert loop.promote(teacher, student) == ((student if promoted else teacher), promoted)
 
 
-
 class _LinearTask(SelfTraining):
     def new_model(self) -> nn.Module:
         return nn.Linear(4, 3)

@@ -450,6 +450,12 @@ def test_another_config_in_a_run_dir_names_the_keys_and_resume_false_starts_over
     assert read_json(run / "progress.json")["teacher"]["epochs"] == 2
 
 
+def test_a_mistyped_choice_stops_before_the_run_directory_records_it(data: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"--student_schedule=jiont: expected 'staged' or 'joint'"):
+        _cam(data, tmp_path, student_schedule="jiont")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_run_from_before_a_new_constant_resumes_while_that_constant_keeps_its_default(data: Path,
                                                                                        tmp_path: Path) -> None:
     _cam(data, tmp_path)

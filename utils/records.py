@@ -95,11 +95,10 @@ class Run:
     def __init__(self, folder: Path, config: Mapping[str, Any], writer: bool = True,
                  defaults: Mapping[str, Any] | None = None):
         self.folder = folder
-        self.defaults = defaults or {}
         self.writer = writer
         self.config = dict(config)
         if (folder / "config.json").is_file():
-            self._check_same_config()
+            self._check_same_config(defaults)
         if writer:
             self._prepare_folder()
         self.progress: dict[str, Any] = _read_json(self.progress_path) if self.progress_path.is_file() else {}
@@ -119,11 +118,11 @@ class Run:
     def summary_path(self) -> Path:
         return self.folder / "summary.json"
 
-    def _check_same_config(self) -> None:
+    def _check_same_config(self, defaults: Mapping[str, Any] | None) -> None:
         if not self.config["resume"]:
             return  # starting over: the old config.json is replaced, even an unreadable one
         saved = _read_json(self.folder / "config.json")
-        differing = differing_settings(saved, self.config, self.defaults)
+        differing = differing_settings(saved, self.config, defaults)
         if differing:
             details = ", ".join(f"{k}: {saved.get(k)!r} there, {self.config.get(k)!r} now" for k in differing[:6])
             raise UserError(f"{self.folder} holds a run with another config ({details}). Use another --run_dir, "

@@ -23,10 +23,22 @@ from utils.errors import UserError
 from utils.records import Run, choose_run_dir
 
 
+# String constants of the loop and the values they accept; anything else would silently mean the default.
+CHOICES = {"student_schedule": ("staged", "joint"), "student_init": ("fresh", "teacher")}
+
+
+def check_choices(cfg: Mapping[str, Any]) -> None:
+    for name, allowed in CHOICES.items():
+        if name in cfg and cfg[name] not in allowed:
+            raise UserError(f"--{name}={cfg[name]}: expected {' or '.join(map(repr, allowed))}; the comment on "
+                            f"{name.upper()} at the top of the script says what each does.")
+
+
 def start_run(namespace: Mapping[str, Any], argv: Sequence[str], demo_overrides: Mapping[str, Any], name: str,
               make_demo_data: Callable[[str], Any]) -> tuple[Config, Runtime, Run]:
     """Config from the script's constants and the command line, the device, and the run directory."""
     cfg = configure(namespace, argv, demo_overrides)
+    check_choices(cfg)  # before the run directory records a config that cannot run
     rt = setup(cfg.device)
     if cfg.demo and rt.is_main:
         make_demo_data(cfg.data_root)
@@ -52,6 +64,7 @@ class SelfTraining:
     score_key = "miou"  # summary.json uses val_<score_key> and test_<score_key>
 
     def __init__(self, cfg: Config, rt: Runtime, run: Run):
+        check_choices(cfg)
         self.cfg, self.rt, self.run = cfg, rt, run
         self.save_dir = Path(cfg.save_dir)
 
@@ -124,12 +137,7 @@ class SelfTraining:
     def new_student(self, iteration: int, teacher: Candidate) -> nn.Module:
         """A fresh model (the thesis), or the teacher's weights, which saves the student relearning
         what the teacher knows when the compute budget is short (STUDENT_INIT)."""
-        if self.cfg.student_init == "fresh":
-            return self._fresh_model(iteration)
-        if self.cfg.student_init == "teacher":
-            return self.model_from(teacher)
-        raise UserError(f"--student_init={self.cfg.student_init}: expected 'fresh' (a new model, the thesis) "
-                        "or 'teacher' (start from the current teacher's weights).")
+        return self._fresh_model(iteration) if self.cfg.student_init == "fresh" else self.model_from(teacher)
 
     def train_student(self, iteration: int, teacher: Candidate) -> Candidate:
         cfg = self.cfg
