@@ -468,6 +468,38 @@ def test_a_run_from_before_a_new_constant_resumes_while_that_constant_keeps_its_
         _cam(data, tmp_path, student_init="teacher")
 
 
+def test_raising_no_iter_continues_a_finished_run_without_redoing_its_iterations(data: Path, tmp_path: Path) -> None:
+    _cam(data, tmp_path, no_iter=1, pseudo_epochs=1, finetune_epochs=1)
+    first = read_json(tmp_path / "run" / "summary.json")
+    assert first["finished"] and [e["iteration"] for e in first["iterations"]] == [1]
+    names = ("teacher_best.pth.tar", "student_it1_best.pth.tar")
+    kept = {name: (tmp_path / "ckpt" / name).read_bytes() for name in names}
+    logged = metrics(tmp_path / "run")
+
+    _cam(data, tmp_path, no_iter=2, pseudo_epochs=1, finetune_epochs=1)
+    summary = read_json(tmp_path / "run" / "summary.json")
+    assert summary["finished"] and [e["iteration"] for e in summary["iterations"]] == [1, 2]
+    assert summary["iterations"][0] == first["iterations"][0] and summary["teacher"] == first["teacher"]
+    assert {name: (tmp_path / "ckpt" / name).read_bytes() for name in kept} == kept  # not trained again
+    assert (tmp_path / "ckpt" / "student_it2_best.pth.tar").is_file()
+    assert read_json(tmp_path / "run" / "config.json")["no_iter"] == 2
+    added = metrics(tmp_path / "run")[len(logged):]
+    assert added and {m["phase"] for m in added} <= {"it2_pseudo", "it2_finetune"}
+
+
+def test_a_finished_run_is_chosen_again_only_for_more_iterations(tmp_path: Path) -> None:
+    from utils.records import choose_run_dir
+
+    done = tmp_path / "20261124-101500_cam"
+    done.mkdir()
+    config = {"run_dir": "", "resume": True, "seed": 0, "no_iter": 1}
+    (done / "config.json").write_text(json.dumps(config))
+    (done / "summary.json").write_text(json.dumps({"finished": True, "iterations": [{"iteration": 1}]}))
+    assert choose_run_dir({**config, "no_iter": 3}, "cam", base=str(tmp_path)) == done
+    assert choose_run_dir(config, "cam", base=str(tmp_path)) != done  # the same command starts a new run
+    assert choose_run_dir({**config, "seed": 1, "no_iter": 3}, "cam", base=str(tmp_path)) != done
+
+
 def test_a_resumed_run_keeps_the_code_versions_that_worked_on_it_before_any_phase_finished(tmp_path: Path) -> None:
     from utils.records import Run, code_version
 

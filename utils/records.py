@@ -23,7 +23,10 @@ from utils.io import append_jsonl, probe_folder, write_json
 # Settings that may change between a run and its resumption without changing the experiment.
 # PSEUDO_ROOT is only where pseudo-labels are cached (they are remade there), so a run that could
 # not write them can resume with another --pseudo_root.
-NOT_PART_OF_EXPERIMENT = ("run_dir", "resume", "pseudo_root")
+# Where a run keeps its files, whether to resume, and how far it goes: a run continues under other values
+# of these. NO_ITER only counts iterations, each of which depends on the earlier ones alone, so raising it
+# continues a finished run with more iterations.
+NOT_PART_OF_EXPERIMENT = ("run_dir", "resume", "pseudo_root", "no_iter")
 
 
 def code_version() -> str:
@@ -61,19 +64,24 @@ def _read_json(path: Path) -> Any:
 
 def find_unfinished(base: Path, name: str, config: Mapping[str, Any],
                     defaults: Mapping[str, Any] | None = None) -> Path | None:
-    """The newest run under `base` with this experiment's config that has not finished."""
+    """The newest run under `base` with this experiment's config that has not done what this config asks."""
     for folder in sorted(base.glob(f"*_{name}"), reverse=True):
         config_path, summary_path = folder / "config.json", folder / "summary.json"
         if not config_path.is_file():
             continue
         try:
             same = not differing_settings(json.loads(config_path.read_text()), config, defaults)
-            finished = summary_path.is_file() and json.loads(summary_path.read_text()).get("finished", False)
+            summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
         except (OSError, json.JSONDecodeError):
             continue
-        if same and not finished:
+        if same and not reached(summary, config):
             return folder
     return None
+
+
+def reached(summary: Mapping[str, Any], config: Mapping[str, Any]) -> bool:
+    """Whether a run has finished with at least the iterations this config asks for."""
+    return bool(summary.get("finished")) and len(summary.get("iterations", [])) >= config.get("no_iter", 0)
 
 
 def choose_run_dir(config: Mapping[str, Any], name: str, base: str = "runs",
@@ -105,6 +113,7 @@ class Run:
         earlier: dict[str, Any] = _read_json(self.summary_path) if self.summary_path.is_file() else {}
         self.summary: dict[str, Any] = (earlier if self.progress
                                         else {"teacher": {}, "iterations": [], "timings_s": {}, "finished": False})
+        self.summary["finished"] = False  # until this process finishes it: a larger NO_ITER adds iterations
         # Every code that worked on this run, also on a phase that had not finished when the run stopped.
         versions = self.summary.setdefault("code_versions", list(earlier.get("code_versions", [])))
         if writer and (version := code_version()) not in versions:
