@@ -22,10 +22,8 @@ from utils.io import append_jsonl, probe_folder, write_json
 
 # Settings that may change between a run and its resumption without changing the experiment.
 # PSEUDO_ROOT is only where pseudo-labels are cached (they are remade there), so a run that could
-# not write them can resume with another --pseudo_root.
-# Where a run keeps its files, whether to resume, and how far it goes: a run continues under other values
-# of these. NO_ITER only counts iterations, each of which depends on the earlier ones alone, so raising it
-# continues a finished run with more iterations.
+# not write them can resume with another --pseudo_root. NO_ITER only says how far to go: each
+# iteration depends on the earlier ones alone, so raising it continues a finished run.
 NOT_PART_OF_EXPERIMENT = ("run_dir", "resume", "pseudo_root", "no_iter")
 
 
