@@ -44,6 +44,7 @@ STUDENT_SCHEDULE = "staged"  # "staged": pseudo epochs, then fine-tune; "joint":
 STUDENT_INIT = "fresh"  # "fresh": a new model each iteration (thesis); "teacher": the teacher's weights
 PROMOTE_ALWAYS = False  # True: the thesis's behaviour, the student replaces the teacher even when worse
 PSEUDO_THRESHOLD = 0.0  # unlabeled images whose teacher confidence is below are left out
+PSEUDO_CLASS_SHARE = 0.0  # > 0: each predicted class keeps at least this share of its images (threshold lowered)
 STRONG_AUG = False  # colour jitter, grayscale, blur and cutout on pseudo-labeled images
 # Running
 DEVICE = "auto"

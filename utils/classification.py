@@ -3,7 +3,8 @@
 As in the fastest CIFAR-10 trainers, the 60k uint8 images live on the device (GPU when there
 is one) and every batch is indexed and augmented there; no DataLoader, no per-sample Python.
 Pseudo-labels are a tensor file in the run directory: one label and confidence per unlabeled
-image, images below the confidence threshold left out of the student's training set.
+image, images below the confidence threshold (lowered per class with a class share) left out of
+the student's training set.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from data.transforms import cutout, photometric, translate_flip
 from models.resnet_cifar import CIFAR_MEAN, ResNet18
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.config import Config
+from utils.confidence import class_cutoffs, confidence_histogram, keep_mask
 from utils.dist import Runtime
 from utils.engine import Batch, Phase, Source, cross_entropy, evaluate, mixed_batches, predict_probs
 from utils.io import write_json
@@ -121,7 +123,11 @@ class CifarSelfTraining(SelfTraining):
             if self.rt.is_main:
                 save_checkpoint(path, **stored)
         labels, confidence = stored["labels"], stored["confidence"]
-        keep = confidence >= cfg.pseudo_threshold
+        cutoffs = None
+        if cfg.pseudo_class_share > 0:
+            histogram = confidence_histogram(confidence, labels, len(self.class_names))
+            cutoffs = class_cutoffs(histogram, cfg.pseudo_class_share)
+        keep = keep_mask(confidence, labels, cfg.pseudo_threshold, cutoffs)
         images, truth = self.unlabeled
         kept = keep.to(images.device)
         self.pseudo = (images[kept], labels.to(images.device)[kept])

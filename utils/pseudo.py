@@ -1,18 +1,19 @@
 """Segmentation pseudo-labels as class-index PNGs, one per unlabeled frame.
 
 The teacher predicts in batches (optionally averaged over flips and scales), the prediction is
-resized to the frame's size on disk, pixels below the confidence threshold become Void, and
-PNGs are encoded by a thread pool while the next batch is predicted. Files are written
-atomically, so after a kill the folder holds only whole files: a re-run writes just the missing
-ones. A manifest names the teacher and options that made the folder; a folder made by another
-teacher is cleared instead of being mixed with new labels.
+resized to the frame's size on disk, pixels below the confidence threshold (lowered per class
+with a class share, see utils/confidence.py) become Void, and PNGs are encoded by a thread pool
+while the next batch is predicted. Files are written atomically, so after a kill the folder
+holds only whole files: a re-run writes just the missing ones. A manifest names the teacher and
+options that made the folder; a folder made by another teacher is cleared instead of being mixed
+with new labels.
 """
 from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,8 @@ from torch import nn
 from tqdm import tqdm
 
 from data.camvid import SegmentationSet
+from data.classes import NUM_CLASSES
+from utils.confidence import BINS, class_cutoffs, confidence_histogram, cutoff_confidences, keep_mask
 from utils.dist import Runtime
 from utils.engine import predict_probs
 from utils.errors import UserError
@@ -28,6 +31,7 @@ from utils.io import write_json, write_png
 from utils.metrics import ConfusionMatrix
 
 MANIFEST = "pseudo.json"
+CLASS_THRESHOLDS = "class_thresholds.json"
 
 
 def pseudo_folder(root: str | Path, iteration: int) -> Path:
@@ -62,38 +66,76 @@ def _prepare(folder: Path, identity: dict[str, Any], rt: Runtime) -> None:
         if not same:
             for stale in folder.glob("*.png"):
                 stale.unlink()
+            (folder / CLASS_THRESHOLDS).unlink(missing_ok=True)
             write_json(manifest, identity)
     rt.barrier()
 
 
 def label_frames(model: nn.Module, frames: SegmentationSet, folder: Path, identity: dict[str, Any], rt: Runtime,
                  ignore_index: int, batch_size: int, threshold: float = 0.0, scales: Sequence[float] = (1.0,),
-                 flip: bool = False) -> None:
-    """Writes `folder/<frame>.png` for every frame not already there; each process takes its share."""
+                 flip: bool = False, class_share: float = 0.0) -> None:
+    """Writes `folder/<frame>.png` for every frame not already there; each process takes its share.
+
+    With `class_share`, a first pass over all frames finds each class's confidence cut-off
+    (utils/confidence.py), written to `folder/class_thresholds.json`.
+    """
     try:
-        _write_labels(model, frames, folder, identity, rt, ignore_index, batch_size, threshold, scales, flip)
+        _write_labels(model, frames, folder, identity, rt, ignore_index, batch_size, threshold, scales, flip,
+                      class_share)
     except OSError as error:
         raise UserError(f"Cannot write pseudo-labels into {folder} ({error.strerror or error}). Choose a writable "
                         "place with --pseudo_root=PATH (or free some disk space) and re-run to resume.") from error
     rt.barrier()
 
 
-def _write_labels(model: nn.Module, frames: SegmentationSet, folder: Path, identity: dict[str, Any], rt: Runtime,
-                  ignore_index: int, batch_size: int, threshold: float, scales: Sequence[float], flip: bool) -> None:
-    _prepare(folder, identity, rt)
+Predictions = Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]
+
+
+def _predictions(model: nn.Module, frames: SegmentationSet, indices: list[int], rt: Runtime, batch_size: int,
+                 scales: Sequence[float], flip: bool, desc: str) -> Predictions:
+    """(frame indices, confidence, argmax) per batch, at the frames' size on disk."""
     width, height = frames.source_size
-    todo = [i for i, name in enumerate(frames.names) if not _is_complete(folder / f"{name}.png", (width, height))]
-    mine = todo[rt.rank :: rt.world]
+    for start in tqdm(range(0, len(indices), batch_size), desc=desc, leave=False, disable=not rt.is_main,
+                      dynamic_ncols=True):
+        index = indices[start : start + batch_size]
+        probs = predict_probs(model, frames.images[index], rt, scales, flip)
+        if probs.shape[-2:] != (height, width):
+            probs = F.interpolate(probs, (height, width), mode="bilinear", align_corners=False)
+        confidence, labels = probs.max(1)
+        yield index, confidence, labels
+
+
+def _class_cutoffs(model: nn.Module, frames: SegmentationSet, rt: Runtime, batch_size: int, scales: Sequence[float],
+                   flip: bool, class_share: float) -> torch.Tensor:
+    histogram = torch.zeros(NUM_CLASSES, BINS, dtype=torch.long, device=rt.device)
+    for _, confidence, labels in _predictions(model, frames, list(range(rt.rank, len(frames), rt.world)), rt,
+                                              batch_size, scales, flip, "confidence per class"):
+        histogram += confidence_histogram(confidence, labels, NUM_CLASSES)
+    if rt.distributed:
+        torch.distributed.all_reduce(histogram)
+    return class_cutoffs(histogram, class_share)
+
+
+def _write_labels(model: nn.Module, frames: SegmentationSet, folder: Path, identity: dict[str, Any], rt: Runtime,
+                  ignore_index: int, batch_size: int, threshold: float, scales: Sequence[float], flip: bool,
+                  class_share: float) -> None:
+    _prepare(folder, identity, rt)
+    # Rank 0 lists what is missing for everyone: a rank listing later would see rank 0's new files.
+    todo = rt.broadcast([i for i, name in enumerate(frames.names)
+                         if not _is_complete(folder / f"{name}.png", frames.source_size)] if rt.is_main else None)
+    if not todo:
+        return
+    cutoffs = None
+    if class_share > 0:
+        cutoffs = _class_cutoffs(model, frames, rt, batch_size, scales, flip, class_share)
+        if rt.is_main:
+            write_json(folder / CLASS_THRESHOLDS, {"class_share": class_share, "threshold": threshold,
+                                                  "confidence_needed": cutoff_confidences(cutoffs, threshold)})
     with ThreadPoolExecutor(max_workers=4) as writer:
         pending = []
-        for start in tqdm(range(0, len(mine), batch_size), desc=f"pseudo-labels → {folder.name}", leave=False,
-                          disable=not rt.is_main, dynamic_ncols=True):
-            index = mine[start : start + batch_size]
-            probs = predict_probs(model, frames.images[index], rt, scales, flip)
-            if probs.shape[-2:] != (height, width):
-                probs = F.interpolate(probs, (height, width), mode="bilinear", align_corners=False)
-            confidence, labels = probs.max(1)
-            labels[confidence < threshold] = ignore_index
+        for index, confidence, labels in _predictions(model, frames, todo[rt.rank :: rt.world], rt, batch_size,
+                                                      scales, flip, f"pseudo-labels → {folder.name}"):
+            labels[~keep_mask(confidence, labels, threshold, cutoffs)] = ignore_index
             labels = labels.to(torch.uint8).cpu().numpy()
             pending += [writer.submit(write_png, folder / f"{frames.names[i]}.png", labels[k])
                         for k, i in enumerate(index)]

@@ -185,11 +185,11 @@ class CamVidSelfTraining(SelfTraining):
                             f"{Path(cfg.data_root) / 'unlabeled' / 'train'} or use --labeled_fraction=1/8.")
         folder = pseudo_folder(self._pseudo_root(), iteration)
         identity = {"run": str(self.run.folder), "teacher": str(teacher_info.path), "teacher_val": teacher_info.val,
-                    "threshold": cfg.pseudo_threshold, "tta": cfg.pseudo_tta, "tta_scales": cfg.tta_scales,
-                    "image_scale": cfg.image_scale, "frames": len(self.unlabeled)}
+                    "threshold": cfg.pseudo_threshold, "class_share": cfg.pseudo_class_share, "tta": cfg.pseudo_tta,
+                    "tta_scales": cfg.tta_scales, "image_scale": cfg.image_scale, "frames": len(self.unlabeled)}
         scales = cfg.tta_scales if cfg.pseudo_tta else [1.0]
         label_frames(teacher, self.unlabeled, folder, identity, self.rt, IGNORE_INDEX, cfg.eval_batch_size,
-                     cfg.pseudo_threshold, scales, flip=cfg.pseudo_tta)
+                     cfg.pseudo_threshold, scales, flip=cfg.pseudo_tta, class_share=cfg.pseudo_class_share)
         paths = [folder / f"{name}.png" for name in self.unlabeled.names]
         labels = load_labels(paths, cfg.image_scale).to(self.unlabeled.images.device)
         self.pseudo = SegmentationSet(self.unlabeled.images, labels, self.unlabeled.names, self.unlabeled.source_size)

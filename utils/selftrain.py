@@ -27,18 +27,25 @@ from utils.records import Run, choose_run_dir
 CHOICES = {"student_schedule": ("staged", "joint"), "student_init": ("fresh", "teacher")}
 
 
-def check_choices(cfg: Mapping[str, Any]) -> None:
+def check_options(cfg: Mapping[str, Any]) -> None:
+    """Refuses settings that would run but silently mean something else than what was asked."""
     for name, allowed in CHOICES.items():
         if name in cfg and cfg[name] not in allowed:
             raise UserError(f"--{name}={cfg[name]}: expected {' or '.join(map(repr, allowed))}; the comment on "
                             f"{name.upper()} at the top of the script says what each does.")
+    share = cfg.get("pseudo_class_share", 0.0)
+    if not 0 <= share <= 1:
+        raise UserError(f"--pseudo_class_share={share}: a share of each class's pixels, between 0 and 1.")
+    if share > 0 and cfg.get("pseudo_threshold", 0.0) <= 0:
+        raise UserError(f"--pseudo_class_share={share} lowers PSEUDO_THRESHOLD for the classes it thins out, but "
+                        "the threshold is 0 and keeps everything: set --pseudo_threshold too, e.g. 0.8.")
 
 
 def start_run(namespace: Mapping[str, Any], argv: Sequence[str], demo_overrides: Mapping[str, Any], name: str,
               make_demo_data: Callable[[str], Any]) -> tuple[Config, Runtime, Run]:
     """Config from the script's constants and the command line, the device, and the run directory."""
     cfg = configure(namespace, argv, demo_overrides)
-    check_choices(cfg)  # before the run directory records a config that cannot run
+    check_options(cfg)  # before the run directory records a config that cannot run
     rt = setup(cfg.device)
     if cfg.demo and rt.is_main:
         make_demo_data(cfg.data_root)
@@ -64,7 +71,7 @@ class SelfTraining:
     score_key = "miou"  # summary.json uses val_<score_key> and test_<score_key>
 
     def __init__(self, cfg: Config, rt: Runtime, run: Run):
-        check_choices(cfg)
+        check_options(cfg)
         self.cfg, self.rt, self.run = cfg, rt, run
         self.save_dir = Path(cfg.save_dir)
 
