@@ -77,7 +77,9 @@ def label_frames(model: nn.Module, frames: SegmentationSet, folder: Path, identi
     """Writes `folder/<frame>.png` for every frame not already there; each process takes its share.
 
     With `class_share`, a first pass over all frames finds each class's confidence cut-off
-    (utils/confidence.py), written to `folder/class_thresholds.json`.
+    (utils/confidence.py), written to `folder/class_thresholds.json`. The frames are predicted
+    again to write them: holding every frame's confidences at full resolution would need
+    gigabytes for the thesis's thousands of frames, while a second pass only repeats the prediction.
     """
     try:
         _write_labels(model, frames, folder, identity, rt, ignore_index, batch_size, threshold, scales, flip,
