@@ -45,6 +45,7 @@ PSEUDO_LR = 1e-4
 FINETUNE_EPOCHS = 200
 FINETUNE_LR = 1e-4
 STUDENT_SCHEDULE = "staged"  # "staged": pseudo epochs, then fine-tune; "joint": mixed batches
+JOINT_LABELED_SHARE = 0.5  # "joint": share of each batch taken from the labeled set, the rest pseudo-labeled
 STUDENT_INIT = "fresh"  # "fresh": a new model each iteration (thesis); "teacher": the teacher's weights
 PROMOTE_ALWAYS = False  # True: the thesis's behaviour, the student replaces the teacher even when worse
 PSEUDO_THRESHOLD = 0.0  # pixels whose teacher confidence is below become ignore

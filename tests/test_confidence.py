@@ -19,6 +19,7 @@ from data.classes import IGNORE_INDEX, NUM_CLASSES
 from data.synthetic import make_cifar_like, make_street_scenes
 from utils.confidence import BINS, class_cutoffs, confidence_histogram, cutoff_confidences, keep_mask
 from utils.dist import Runtime
+from utils.engine import mixed_batches
 from utils.errors import UserError
 from utils.pseudo import CLASS_THRESHOLDS, label_frames, pseudo_folder
 
@@ -124,11 +125,25 @@ def test_a_class_share_that_cannot_mean_anything_is_refused(tmp_path: Path, main
     assert not (tmp_path / "run").exists()
 
 
-EVERY_OPTION = {"student_schedule": "joint", "pseudo_threshold": 0.6, "pseudo_class_share": 0.5,
-                "strong_aug": True}
+EVERY_OPTION = {"student_schedule": "joint", "joint_labeled_share": 0.25, "pseudo_threshold": 0.6,
+                "pseudo_class_share": 0.5, "strong_aug": True}
 
 
-def test_every_camvid_option_at_once(tmp_path: Path, main_args: Callable[..., list[str]]) -> None:
+def record_batch_shares(monkeypatch: pytest.MonkeyPatch, module: str) -> list[Any]:
+    """The `shares` of every mixed_batches call the task module makes, the calls themselves unchanged."""
+    shares: list[Any] = []
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        shares.append(args[3] if len(args) > 3 else kwargs.get("shares"))
+        return mixed_batches(*args, **kwargs)
+
+    monkeypatch.setattr(f"{module}.mixed_batches", recording)
+    return shares
+
+
+def test_every_camvid_option_at_once(tmp_path: Path, main_args: Callable[..., list[str]],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    shares = record_batch_shares(monkeypatch, "utils.segmentation")
     data = make_street_scenes(tmp_path / "camvid", counts={"train": 8, "val": 2, "test": 2}, unlabeled=0,
                               size=TINY_SIZE)
     semisup_cam.main(main_args(data, tmp_path, labeled_fraction="1/2", no_iter=1, pseudo_epochs=1,
@@ -136,6 +151,7 @@ def test_every_camvid_option_at_once(tmp_path: Path, main_args: Callable[..., li
                                **EVERY_OPTION))
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert {name: config[name] for name in EVERY_OPTION} == EVERY_OPTION and config["pseudo_tta"] is True
+    assert shares == [None, [0.25, 0.75]]  # the teacher, then the joint student
     entry = json.loads((tmp_path / "run" / "summary.json").read_text())["iterations"][0]
     folder = pseudo_folder(tmp_path / "pseudo", 1)
     stored = np.stack([np.array(Image.open(p)) for p in sorted(folder.glob("*.png"))])
@@ -144,7 +160,8 @@ def test_every_camvid_option_at_once(tmp_path: Path, main_args: Callable[..., li
     assert len(needed) == NUM_CLASSES and all(0 <= c <= 0.6 for c in needed)
 
 
-def test_every_cifar_option_at_once(tmp_path: Path) -> None:
+def test_every_cifar_option_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shares = record_batch_shares(monkeypatch, "utils.classification")
     root = make_cifar_like(tmp_path / "cifar", n_train=200, n_test=40)
     settings = {"data_root": root, "device": "cpu", "width": 8, "val_size": 20, "batch_size": 16,
                 "labeled_fraction": 0.25, "teacher_epochs": 1, "no_iter": 1, "pseudo_epochs": 1,
@@ -154,3 +171,4 @@ def test_every_cifar_option_at_once(tmp_path: Path) -> None:
     entry: dict[str, Any] = json.loads((tmp_path / "run" / "summary.json").read_text())["iterations"][0]
     # An untrained teacher is sure of nothing at 0.99; the class share still keeps half of each class.
     assert 50 <= entry["pseudo_kept_frac"] < 100
+    assert shares == [None, [0.25, 0.75]]

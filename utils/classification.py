@@ -67,12 +67,13 @@ class CifarSelfTraining(SelfTraining):
 
     def _phase(self, name: str, iteration: int, epochs: int, lr: float,
                sources: list[tuple[tuple[torch.Tensor, torch.Tensor], bool]],
-               monitor: Callable[[nn.Module], dict[str, Any]] | None = None) -> Phase:
-        """A phase over `sources`: pairs of ((images, labels), strong augmentation)."""
+               monitor: Callable[[nn.Module], dict[str, Any]] | None = None,
+               shares: list[float] | None = None) -> Phase:
+        """A phase over `sources`: pairs of ((images, labels), strong augmentation), mixed by `shares`."""
         cfg = self.cfg
         steps, batches = mixed_batches(
             [Source(len(data[0]), partial(self._augmented, *data, strong=strong)) for data, strong in sources],
-            cfg.batch_size, self.rt)
+            cfg.batch_size, self.rt, shares)
         return Phase(name=name, iteration=iteration, epochs=epochs, steps_per_epoch=steps, batches=batches,
                      loss_fn=cross_entropy,
                      make_optimizer=lambda params: torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True,
@@ -86,8 +87,9 @@ class CifarSelfTraining(SelfTraining):
         return self._phase(name, iteration, epochs, lr, [(self.pseudo, self.cfg.strong_aug)], self._agreement)
 
     def joint_phase(self, name: str, iteration: int, epochs: int, lr: float) -> Phase:
+        share = self.cfg.joint_labeled_share
         return self._phase(name, iteration, epochs, lr, [(self.labeled, False), (self.pseudo, self.cfg.strong_aug)],
-                           self._agreement)
+                           self._agreement, [share, 1 - share])
 
     def _accuracy(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
         cm = evaluate(model, images, labels, len(self.class_names), self.cfg.eval_batch_size, self.rt)

@@ -63,25 +63,34 @@ class Source:
     augment: Callable[[torch.Tensor, torch.Generator], Batch]
 
 
-def mixed_batches(sources: Sequence[Source], batch_size: int,
-                  rt: Runtime) -> tuple[int, Callable[[torch.Generator], Iterator[Batch]]]:
-    """Batches of `batch_size` split evenly over `sources`; an epoch is one pass over the largest.
+def batch_split(batch_size: int, shares: Sequence[float]) -> list[int]:
+    """Crops per source in one batch: `shares` of `batch_size`, rounded, at least one from each source."""
+    counts: list[int] = []
+    for share in shares[:-1]:
+        later = len(shares) - len(counts) - 1  # sources still to come, a crop kept for each
+        counts.append(min(max(1, round(batch_size * share)), batch_size - sum(counts) - later))
+    return counts + [max(1, batch_size - sum(counts))]
 
-    One source is plain training; two (labeled, pseudo-labeled) is the joint schedule of
-    ST++ and Naive-Student, where the smaller set is cycled. Returns (steps per epoch, batches).
+
+def mixed_batches(sources: Sequence[Source], batch_size: int, rt: Runtime,
+                  shares: Sequence[float] | None = None) -> tuple[int, Callable[[torch.Generator], Iterator[Batch]]]:
+    """Batches of `batch_size` drawn from `sources` in proportion to `shares` (default: evenly).
+
+    One source is plain training; two (labeled, pseudo-labeled) is the joint schedule of ST++ and
+    Naive-Student, where the smaller set is cycled. An epoch is one pass over the source that takes
+    the most batches to go through. Returns (steps per epoch, batches).
     """
     if any(source.size == 0 for source in sources):
         raise UserError("A training set of this phase is empty: check the labeled split and the unlabeled images.")
-    share = max(1, batch_size // len(sources))
-    largest = max(source.size for source in sources)
-    steps = largest // min(share, largest)
+    counts = batch_split(batch_size, shares or [1 / len(sources)] * len(sources))
+    steps = max(source.size // min(count, source.size) for source, count in zip(sources, counts))
 
     def batches(generator: torch.Generator) -> Iterator[Batch]:
-        def endless(n: int) -> Iterator[torch.Tensor]:
+        def endless(n: int, count: int) -> Iterator[torch.Tensor]:
             while True:
-                yield from batch_indices(n, share, generator, rt)
+                yield from batch_indices(n, count, generator, rt)
 
-        streams = [endless(source.size) for source in sources]
+        streams = [endless(source.size, count) for source, count in zip(sources, counts)]
         for _ in range(steps):
             parts = [source.augment(next(stream), generator) for source, stream in zip(sources, streams)]
             yield torch.cat([images for images, _ in parts]), torch.cat([labels for _, labels in parts])

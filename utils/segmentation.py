@@ -127,9 +127,10 @@ class CamVidSelfTraining(SelfTraining):
     def _source(self, data: SegmentationSet, strong: bool) -> Source:
         return Source(len(data), lambda index, generator: self._augmented(data, index, generator, strong))
 
-    def _phase(self, name: str, iteration: int, epochs: int, lr: float, sources: list[Source]) -> Phase:
+    def _phase(self, name: str, iteration: int, epochs: int, lr: float, sources: list[Source],
+               shares: list[float] | None = None) -> Phase:
         cfg = self.cfg
-        steps, batches = mixed_batches(sources, cfg.batch_size, self.rt)
+        steps, batches = mixed_batches(sources, cfg.batch_size, self.rt, shares)
         return Phase(name=name, iteration=iteration, epochs=epochs, steps_per_epoch=steps, batches=batches,
                      loss_fn=lambda logits, target: cross_entropy(logits, target, IGNORE_INDEX),
                      make_optimizer=lambda params: torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay),
@@ -142,9 +143,12 @@ class CamVidSelfTraining(SelfTraining):
         return self._phase(name, iteration, epochs, lr, [self._source(self.pseudo, self.cfg.strong_aug)])
 
     def joint_phase(self, name: str, iteration: int, epochs: int, lr: float) -> Phase:
-        """Each batch is half labeled crops, half pseudo-labeled crops (ST++, Naive-Student)."""
+        """Each batch mixes labeled and pseudo-labeled crops, JOINT_LABELED_SHARE of them labeled (ST++,
+        Naive-Student)."""
+        share = self.cfg.joint_labeled_share
         return self._phase(name, iteration, epochs, lr,
-                           [self._source(self.labeled, False), self._source(self.pseudo, self.cfg.strong_aug)])
+                           [self._source(self.labeled, False), self._source(self.pseudo, self.cfg.strong_aug)],
+                           [share, 1 - share])
 
     def validate(self, model: nn.Module) -> tuple[float, dict[str, Any]]:
         cm = evaluate(model, self.val.images, self.val.labels, NUM_CLASSES, self.cfg.eval_batch_size, self.rt)

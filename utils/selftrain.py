@@ -33,6 +33,10 @@ def check_options(cfg: Mapping[str, Any]) -> None:
         if name in cfg and cfg[name] not in allowed:
             raise UserError(f"--{name}={cfg[name]}: expected {' or '.join(map(repr, allowed))}; the comment on "
                             f"{name.upper()} at the top of the script says what each does.")
+    labeled = cfg.get("joint_labeled_share", 0.5)
+    if not 0 < labeled < 1:
+        raise UserError(f"--joint_labeled_share={labeled}: the labeled share of each joint batch, between 0 and 1 "
+                        "(both ends excluded: a joint batch needs crops of both kinds).")
     share = cfg.get("pseudo_class_share", 0.0)
     if not 0 <= share <= 1:
         raise UserError(f"--pseudo_class_share={share}: a share of each class's pixels, between 0 and 1.")
