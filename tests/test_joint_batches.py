@@ -55,6 +55,16 @@ def test_without_shares_a_batch_is_half_and_half(cpu: Runtime) -> None:
     assert all(labels.tolist() == [0] * 4 + [1] * 4 for _, labels in epoch)
 
 
+def test_every_process_gets_crops_of_both_kinds_or_the_split_is_refused() -> None:
+    sources = [tagged(LABELED, 0), tagged(PSEUDO, 1)]
+    for rank in range(2):
+        steps, batches = mixed_batches(sources, 8, Runtime(torch.device("cpu"), rank=rank, world=2), [0.25, 0.75])
+        _, labels = next(batches(torch.Generator().manual_seed(0)))
+        assert labels.tolist() == [0, 1, 1, 1]
+    with pytest.raises(UserError, match=r"batch of 8 \(2 \+ 6 crops.*4 processes.*--joint_labeled_share"):
+        mixed_batches(sources, 8, Runtime(torch.device("cpu"), rank=0, world=4), [0.25, 0.75])
+
+
 @pytest.mark.parametrize("share", [0.0, 1.0, 1.5])
 def test_a_labeled_share_without_both_kinds_of_crops_is_refused(tmp_path: Path, main_args: Callable[..., list[str]],
                                                                 share: float) -> None:

@@ -83,6 +83,10 @@ def mixed_batches(sources: Sequence[Source], batch_size: int, rt: Runtime,
     if any(source.size == 0 for source in sources):
         raise UserError("A training set of this phase is empty: check the labeled split and the unlabeled images.")
     counts = batch_split(batch_size, shares or [1 / len(sources)] * len(sources))
+    if min(counts) < rt.world:
+        raise UserError(f"A batch of {batch_size} ({' + '.join(map(str, counts))} crops from the phase's sets) cannot "
+                        f"give each of the {rt.world} processes a crop of every set: raise --batch_size (the batch "
+                        "of all processes together) or, in the joint schedule, move --joint_labeled_share towards 0.5.")
     steps = max(source.size // min(count, source.size) for source, count in zip(sources, counts))
 
     def batches(generator: torch.Generator) -> Iterator[Batch]:
