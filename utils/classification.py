@@ -87,9 +87,8 @@ class CifarSelfTraining(SelfTraining):
         return self._phase(name, iteration, epochs, lr, [(self.pseudo, self.cfg.strong_aug)], self._agreement)
 
     def joint_phase(self, name: str, iteration: int, epochs: int, lr: float) -> Phase:
-        share = self.cfg.joint_labeled_share
         return self._phase(name, iteration, epochs, lr, [(self.labeled, False), (self.pseudo, self.cfg.strong_aug)],
-                           self._agreement, [share, 1 - share])
+                           self._agreement, self.joint_shares)
 
     def _accuracy(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
         cm = evaluate(model, images, labels, len(self.class_names), self.cfg.eval_batch_size, self.rt)

@@ -145,10 +145,9 @@ class CamVidSelfTraining(SelfTraining):
     def joint_phase(self, name: str, iteration: int, epochs: int, lr: float) -> Phase:
         """Each batch mixes labeled and pseudo-labeled crops, JOINT_LABELED_SHARE of them labeled (ST++,
         Naive-Student)."""
-        share = self.cfg.joint_labeled_share
         return self._phase(name, iteration, epochs, lr,
                            [self._source(self.labeled, False), self._source(self.pseudo, self.cfg.strong_aug)],
-                           [share, 1 - share])
+                           self.joint_shares)
 
     def validate(self, model: nn.Module) -> tuple[float, dict[str, Any]]:
         cm = evaluate(model, self.val.images, self.val.labels, NUM_CLASSES, self.cfg.eval_batch_size, self.rt)

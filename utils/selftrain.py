@@ -90,7 +90,13 @@ class SelfTraining:
         raise NotImplementedError
 
     def joint_phase(self, name: str, iteration: int, epochs: int, lr: float) -> Phase:
+        """Batches of labeled and pseudo-labeled crops mixed by `joint_shares`."""
         raise NotImplementedError
+
+    @property
+    def joint_shares(self) -> list[float]:
+        """Shares of a joint batch: labeled, pseudo-labeled (JOINT_LABELED_SHARE)."""
+        return [self.cfg.joint_labeled_share, 1 - self.cfg.joint_labeled_share]
 
     def validate(self, model: nn.Module) -> tuple[float, dict[str, Any]]:
         raise NotImplementedError
