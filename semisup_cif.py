@@ -67,8 +67,7 @@ def make_demo_data(root: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-    cfg, rt, run = start_run(globals(), argv, DEMO, "cif",
-                             lambda root: make_cifar_like(root, n_train=3000, n_test=500))
+    cfg, rt, run = start_run(globals(), argv, DEMO, "cif", make_demo_data)
     loop = CifarSelfTraining(cfg, rt, run)
 
     teacher = loop.train_teacher()
