@@ -514,6 +514,18 @@ def test_a_resumed_run_keeps_the_code_versions_that_worked_on_it_before_any_phas
     assert run.summary["iterations"] == [] and run.summary["teacher"] == {}
 
 
+def test_a_run_killed_before_any_phase_finished_still_names_the_code_that_started_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import utils.records as records
+
+    config = {"run_dir": str(tmp_path / "run"), "resume": True}
+    monkeypatch.setattr(records, "code_version", lambda: "first0000000")
+    records.Run(tmp_path / "run", config)  # killed at once: nothing else is written
+    monkeypatch.setattr(records, "code_version", lambda: "second000000")
+    records.Run(tmp_path / "run", config)
+    assert read_json(tmp_path / "run" / "summary.json")["code_versions"] == ["first0000000", "second000000"]
+
+
 def test_an_unreadable_config_json_is_named_and_resume_false_replaces_it(data: Path, tmp_path: Path) -> None:
     _cam(data, tmp_path)
     (tmp_path / "run" / "config.json").write_text("{half a file")

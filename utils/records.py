@@ -116,6 +116,7 @@ class Run:
         versions = self.summary.setdefault("code_versions", list(earlier.get("code_versions", [])))
         if writer and (version := code_version()) not in versions:
             versions.append(version)
+            self.save_summary()  # now, so the version is on record even if no phase finishes
 
     @property
     def progress_path(self) -> Path:
