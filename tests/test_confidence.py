@@ -1,6 +1,7 @@
 """Which pseudo-labels stay: the global threshold, lowered per class by PSEUDO_CLASS_SHARE, in the
-cut-off arithmetic, in the CamVid label files (also when a run resumes labeling half way) and in
-both experiments end to end with every self-training option on at once."""
+cut-off arithmetic, in the CamVid label files (also when a run resumes labeling half way); which
+frames stay with PSEUDO_IMAGE_SHARE; and both experiments end to end with every self-training
+option on at once."""
 from __future__ import annotations
 
 import json
@@ -17,11 +18,12 @@ import semisup_cif
 from data.camvid import SegmentationSet
 from data.classes import IGNORE_INDEX, NUM_CLASSES
 from data.synthetic import make_cifar_like, make_street_scenes
-from utils.confidence import BINS, class_cutoffs, confidence_histogram, cutoff_confidences, keep_mask
+from utils.confidence import (BINS, class_cutoffs, confidence_histogram, cutoff_confidences, image_reliability,
+                              keep_mask, most_reliable)
 from utils.dist import Runtime
 from utils.engine import mixed_batches
 from utils.errors import UserError
-from utils.pseudo import CLASS_THRESHOLDS, label_frames, pseudo_folder
+from utils.pseudo import CLASS_THRESHOLDS, RELIABILITY, label_frames, pseudo_folder
 
 from conftest import TINY_SIZE
 from test_pseudo_loop import FixedLogits, PixelModel, png_files, random_frames, read_png
@@ -113,6 +115,51 @@ def test_resumed_labeling_cuts_with_every_frame_not_just_the_missing_ones(tmp_pa
     assert 0.2 < (labels != IGNORE_INDEX).mean() < 0.8  # the share kept some and dropped some
 
 
+def test_image_reliability_counts_each_predicted_class_once() -> None:
+    # Image 0: 90 pixels of class 0 at 0.99 and 10 of class 1 at 0.3. Image 1: 100 of class 2 at 0.8.
+    confidence = torch.stack([torch.cat([torch.full((90,), 0.99), torch.full((10,), 0.3)]),
+                              torch.full((100,), 0.8)]).view(2, 10, 10)
+    labels = torch.stack([torch.cat([torch.zeros(90), torch.ones(10)]), torch.full((100,), 2.0)]).view(2, 10, 10)
+    reliability = image_reliability(confidence, labels.long(), NUM_CLASSES)
+
+    # Image 0's pixels average 0.921, but its uncertain class weighs as much as its sure one.
+    assert reliability.tolist() == pytest.approx([(0.99 + 0.3) / 2, 0.8])
+    assert most_reliable({"a": reliability[0].item(), "b": reliability[1].item()}, 0.5) == {"b"}
+
+
+@pytest.mark.parametrize("share, kept", [(0.5, {"c", "b"}), (0.6, {"c", "b"}), (0.7, {"c", "b", "a"}),
+                                         (0.01, {"c"}), (1.0, {"a", "b", "c", "d"})])
+def test_most_reliable_keeps_the_rounded_share_and_at_least_one(share: float, kept: set[str]) -> None:
+    assert most_reliable({"a": 0.5, "b": 0.7, "c": 0.9, "d": 0.5}, share) == kept
+
+
+def test_an_image_share_returns_the_most_reliable_frames_and_labels_them_all(tmp_path: Path, cpu: Runtime) -> None:
+    frames = random_frames(8, seed=5)
+    model = PixelModel(seed=2)
+    kept = label_frames(model, frames, tmp_path, {"teacher": "a"}, cpu, IGNORE_INDEX, batch_size=3, image_share=0.5)
+
+    assert sorted(p.stem for p in tmp_path.glob("*.png")) == frames.names  # quality needs every frame's labels
+    probs = torch.softmax(model(frames.images), 1).double()
+    confidence, labels = probs.max(1)
+    by_hand = {}
+    for name, conf, lab in zip(frames.names, confidence, labels):
+        means = [conf[lab == c].mean().item() for c in lab.unique()]
+        by_hand[name] = sum(means) / len(means)
+    stored = json.loads((tmp_path / RELIABILITY).read_text())["reliability"]
+    assert stored == pytest.approx(by_hand, abs=1e-5)
+    top = sorted(by_hand, key=by_hand.get, reverse=True)[:4]
+    assert kept == sorted(top) and len(set(by_hand.values())) == 8
+
+    seen = model.images_seen
+    assert label_frames(model, frames, tmp_path, {"teacher": "a"}, cpu, IGNORE_INDEX, batch_size=3,
+                        image_share=0.5) == kept
+    assert model.images_seen == seen  # a re-run reads the scores instead of predicting again
+    (tmp_path / RELIABILITY).unlink()
+    assert label_frames(model, frames, tmp_path, {"teacher": "a"}, cpu, IGNORE_INDEX, batch_size=3,
+                        image_share=0.5) == kept
+    assert model.images_seen == seen + 8  # one pass to score the frames, no PNG rewritten
+
+
 @pytest.mark.parametrize("share, threshold, message", [
     (0.5, 0.0, "set --pseudo_threshold too"),
     (1.5, 0.8, "between 0 and 1"),
@@ -122,6 +169,14 @@ def test_a_class_share_that_cannot_mean_anything_is_refused(tmp_path: Path, main
     with pytest.raises(UserError, match=message):
         semisup_cam.main(main_args(tmp_path / "absent", tmp_path, no_iter=1, pseudo_class_share=share,
                                    pseudo_threshold=threshold))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("share", [0.0, 1.5])
+def test_an_image_share_outside_zero_one_is_refused(tmp_path: Path, main_args: Callable[..., list[str]],
+                                                    share: float) -> None:
+    with pytest.raises(UserError, match="above 0 and at most 1"):
+        semisup_cam.main(main_args(tmp_path / "absent", tmp_path, no_iter=1, pseudo_image_share=share))
     assert not (tmp_path / "run").exists()
 
 
@@ -148,13 +203,16 @@ def test_every_camvid_option_at_once(tmp_path: Path, main_args: Callable[..., li
                               size=TINY_SIZE)
     semisup_cam.main(main_args(data, tmp_path, labeled_fraction="1/2", no_iter=1, pseudo_epochs=1,
                                pseudo_root=tmp_path / "pseudo", pseudo_tta=True, tta_scales="0.5,1.0",
-                               **EVERY_OPTION))
+                               pseudo_image_share=0.5, **EVERY_OPTION))
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert {name: config[name] for name in EVERY_OPTION} == EVERY_OPTION and config["pseudo_tta"] is True
+    assert config["pseudo_image_share"] == 0.5
     assert shares == [None, [0.25, 0.75]]  # the teacher, then the joint student
     entry = json.loads((tmp_path / "run" / "summary.json").read_text())["iterations"][0]
     folder = pseudo_folder(tmp_path / "pseudo", 1)
-    stored = np.stack([np.array(Image.open(p)) for p in sorted(folder.glob("*.png"))])
+    assert len(list(folder.glob("*.png"))) == 4 and entry["pseudo_frames"] == 2  # 4 unlabeled, the surer half
+    kept = most_reliable(json.loads((folder / RELIABILITY).read_text())["reliability"], 0.5)
+    stored = np.stack([np.array(Image.open(folder / f"{name}.png")) for name in sorted(kept)])
     assert entry["pseudo_ignored_frac"] == pytest.approx((stored == IGNORE_INDEX).mean() * 100, abs=0.01)
     needed = json.loads((folder / CLASS_THRESHOLDS).read_text())["confidence_needed"]
     assert len(needed) == NUM_CLASSES and all(0 <= c <= 0.6 for c in needed)

@@ -52,3 +52,26 @@ def keep_mask(confidence: torch.Tensor, labels: torch.Tensor, threshold: float,
 def cutoff_confidences(cutoffs: torch.Tensor, threshold: float) -> list[float]:
     """The confidence each class actually needs: the lower of the global threshold and its cut-off bin's edge."""
     return [round(min(threshold, int(c) / BINS), 4) for c in cutoffs]
+
+
+def image_reliability(confidence: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per image of a (N, H, W) batch, the mean over its predicted classes of their mean confidence.
+
+    ST++ (Yang et al., CVPR 2022) keeps whole images the teacher is reliable on instead of
+    thresholding pixels, which leaves thin classes in the pseudo-labels. Each predicted class counts
+    once, as in ST++'s mIoU-based stability, so an image is not called reliable for being mostly
+    sky and road while its few pedestrians are guesses.
+    """
+    count = labels.shape[0]
+    flat = labels.reshape(count, -1).long()
+    sums = torch.zeros(count, num_classes, device=labels.device).scatter_add_(
+        1, flat, confidence.reshape(count, -1).float())
+    pixels = torch.zeros(count, num_classes, device=labels.device).scatter_add_(
+        1, flat, torch.ones_like(flat, dtype=torch.float))
+    return (sums / pixels.clamp(min=1)).sum(1) / (pixels > 0).sum(1)
+
+
+def most_reliable(scores: dict[str, float], share: float) -> set[str]:
+    """The names of the `share` of images with the highest reliability (at least one), ties by name."""
+    ranked = sorted(scores, key=lambda name: (-scores[name], name))
+    return set(ranked[: max(1, round(share * len(ranked)))])

@@ -191,11 +191,15 @@ class CamVidSelfTraining(SelfTraining):
                     "threshold": cfg.pseudo_threshold, "class_share": cfg.pseudo_class_share, "tta": cfg.pseudo_tta,
                     "tta_scales": cfg.tta_scales, "image_scale": cfg.image_scale, "frames": len(self.unlabeled)}
         scales = cfg.tta_scales if cfg.pseudo_tta else [1.0]
-        label_frames(teacher, self.unlabeled, folder, identity, self.rt, IGNORE_INDEX, cfg.eval_batch_size,
-                     cfg.pseudo_threshold, scales, flip=cfg.pseudo_tta, class_share=cfg.pseudo_class_share)
-        paths = [folder / f"{name}.png" for name in self.unlabeled.names]
-        labels = load_labels(paths, cfg.image_scale).to(self.unlabeled.images.device)
-        self.pseudo = SegmentationSet(self.unlabeled.images, labels, self.unlabeled.names, self.unlabeled.source_size)
+        kept = label_frames(teacher, self.unlabeled, folder, identity, self.rt, IGNORE_INDEX, cfg.eval_batch_size,
+                            cfg.pseudo_threshold, scales, flip=cfg.pseudo_tta, class_share=cfg.pseudo_class_share,
+                            image_share=cfg.pseudo_image_share)
+        frames = self.unlabeled
+        if len(kept) < len(frames):  # a copy of the kept frames; all of them need none
+            position = {name: i for i, name in enumerate(frames.names)}
+            frames = frames.subset([position[name] for name in kept])
+        labels = load_labels([folder / f"{name}.png" for name in kept], cfg.image_scale).to(frames.images.device)
+        self.pseudo = SegmentationSet(frames.images, labels, frames.names, frames.source_size)
         self._pseudo_pictures(teacher, iteration)
-        truth = None if self.unlabeled.labels is None else self.unlabeled.labels.cpu()
-        return pseudo_quality(labels.cpu(), truth, NUM_CLASSES, IGNORE_INDEX)
+        truth = None if frames.labels is None else frames.labels.cpu()
+        return {**pseudo_quality(labels.cpu(), truth, NUM_CLASSES, IGNORE_INDEX), "pseudo_frames": len(kept)}

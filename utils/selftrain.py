@@ -37,6 +37,10 @@ def check_options(cfg: Mapping[str, Any]) -> None:
     if not 0 < labeled < 1:
         raise UserError(f"--joint_labeled_share={labeled}: the labeled share of each joint batch, between 0 and 1 "
                         "(both ends excluded: a joint batch needs crops of both kinds).")
+    images = cfg.get("pseudo_image_share", 1.0)
+    if not 0 < images <= 1:
+        raise UserError(f"--pseudo_image_share={images}: the share of the pseudo-labeled frames the student learns "
+                        "from, above 0 and at most 1 (1 = all of them).")
     share = cfg.get("pseudo_class_share", 0.0)
     if not 0 <= share <= 1:
         raise UserError(f"--pseudo_class_share={share}: a share of each class's pixels, between 0 and 1.")
