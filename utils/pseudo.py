@@ -4,10 +4,10 @@ The teacher predicts in batches (optionally averaged over flips and scales), the
 resized to the frame's size on disk, pixels below the confidence threshold (lowered per class
 with a class share, see utils/confidence.py) become Void, and PNGs are encoded by a thread pool
 while the next batch is predicted. With an image share, only the frames the teacher is most
-reliable on go to the student (ST++'s image-level selection). Files are written atomically, so after a kill the folder
-holds only whole files: a re-run writes just the missing ones. A manifest names the teacher and
-options that made the folder; a folder made by another teacher is cleared instead of being mixed
-with new labels.
+reliable on go to the student (ST++'s image-level selection). Files are written atomically, so
+after a kill the folder holds only whole files: a re-run writes just the missing ones. A manifest
+names the teacher and options that made the folder; a folder made by another teacher is cleared
+instead of being mixed with new labels.
 """
 from __future__ import annotations
 
