@@ -52,6 +52,7 @@ PSEUDO_THRESHOLD = 0.0  # pixels whose teacher confidence is below become ignore
 PSEUDO_CLASS_SHARE = 0.0  # > 0: each predicted class keeps at least this share of its pixels (threshold lowered)
 PSEUDO_IMAGE_SHARE = 1.0  # < 1: the student learns only from this share of the frames, the most reliable (ST++)
 PSEUDO_TTA = False  # pseudo-labels from softmax averaged over flips and TTA_SCALES
+PSEUDO_SOFT = False  # True: the student matches the teacher's softmax on each crop, not its argmax
 TTA_SCALES = [0.75, 1.0, 1.25]
 STRONG_AUG = False  # colour jitter, grayscale, blur and CutMix on pseudo-labeled crops
 # Running

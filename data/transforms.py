@@ -121,14 +121,15 @@ def cutmix(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generato
            p: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
     """Pastes a random box of another sample of the batch, with its labels, into a share `p` of samples.
 
-    Works for segmentation labels (B,H,W); the pasted box keeps image and label aligned.
+    Works for segmentation labels (B,H,W) and for class distributions (B,C,H,W); the pasted box
+    keeps image and label aligned.
     """
     b, _, h, w = images.shape
     partner = torch.randperm(b, generator=generator).to(images.device)
     box = box_masks(b, h, w, (0.25, 0.5), generator, images.device)
     box &= _coin(b, p, generator).to(images.device).view(b, 1, 1)
     images = torch.where(box[:, None], images[partner], images)
-    labels = torch.where(box, labels[partner], labels)
+    labels = torch.where(box if labels.ndim == 3 else box[:, None], labels[partner], labels)
     return images, labels
 
 

@@ -23,7 +23,7 @@ from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.config import Config
 from utils.confidence import class_cutoffs, confidence_histogram, keep_mask
 from utils.dist import Runtime
-from utils.engine import Batch, Phase, Source, cross_entropy, evaluate, mixed_batches, predict_probs
+from utils.engine import Batch, Phase, Source, cross_entropy, evaluate, mixed_batches, predict_probs, soft_targets
 from utils.io import write_json
 from utils.records import Run
 from utils.selftrain import Candidate, SelfTraining
@@ -58,22 +58,30 @@ class CifarSelfTraining(SelfTraining):
         return self.rt.prepare(ResNet18(len(self.class_names), self.cfg.width), self.cfg.sync_bn)
 
     def _augmented(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
-                   generator: torch.Generator, strong: bool = False) -> Batch:
+                   generator: torch.Generator, strong: bool, soft: bool, teacher: nn.Module | None) -> Batch:
         index = index.to(images.device)
         x = translate_flip(images[index].to(self.rt.device, non_blocking=True), 4, generator)
+        y = labels[index].to(self.rt.device, non_blocking=True)
+        if soft:
+            y = soft_targets(y, len(self.class_names), -100, self.rt, teacher, x)
         if strong:
             x = cutout(photometric(x, generator), 16, generator, CIFAR_MEAN)
-        return x, labels[index].to(self.rt.device, non_blocking=True)
+        return x, y
 
-    def _phase(self, name: str, iteration: int, epochs: int, lr: float,
-               sources: list[tuple[tuple[torch.Tensor, torch.Tensor], bool]],
+    def _source(self, data: tuple[torch.Tensor, torch.Tensor], strong: bool = False, soft: bool = False,
+                teacher: nn.Module | None = None) -> Source:
+        """`data` augmented; with `soft`, targets are distributions: `teacher`'s softmax, or one-hot without one."""
+        return Source(len(data[0]), partial(self._augmented, *data, strong=strong, soft=soft, teacher=teacher))
+
+    def _pseudo_source(self) -> Source:
+        return self._source(self.pseudo, self.cfg.strong_aug, self.cfg.pseudo_soft, self.soft_teacher)
+
+    def _phase(self, name: str, iteration: int, epochs: int, lr: float, sources: list[Source],
                monitor: Callable[[nn.Module], dict[str, Any]] | None = None,
                shares: list[float] | None = None) -> Phase:
-        """A phase over `sources`: pairs of ((images, labels), strong augmentation), mixed by `shares`."""
+        """A phase over `sources`, mixed by `shares`."""
         cfg = self.cfg
-        steps, batches = mixed_batches(
-            [Source(len(data[0]), partial(self._augmented, *data, strong=strong)) for data, strong in sources],
-            cfg.batch_size, self.rt, shares)
+        steps, batches = mixed_batches(sources, cfg.batch_size, self.rt, shares)
         return Phase(name=name, iteration=iteration, epochs=epochs, steps_per_epoch=steps, batches=batches,
                      loss_fn=cross_entropy,
                      make_optimizer=lambda params: torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True,
@@ -81,13 +89,14 @@ class CifarSelfTraining(SelfTraining):
                      lr_min=cfg.lr_min, seed=cfg.seed * 1009 + zlib.crc32(name.encode()), monitor=monitor)
 
     def labeled_phase(self, name: str, iteration: int, epochs: int, lr: float) -> Phase:
-        return self._phase(name, iteration, epochs, lr, [(self.labeled, False)])
+        return self._phase(name, iteration, epochs, lr, [self._source(self.labeled)])
 
     def pseudo_phase(self, name: str, iteration: int, epochs: int, lr: float) -> Phase:
-        return self._phase(name, iteration, epochs, lr, [(self.pseudo, self.cfg.strong_aug)], self._agreement)
+        return self._phase(name, iteration, epochs, lr, [self._pseudo_source()], self._agreement)
 
     def joint_phase(self, name: str, iteration: int, epochs: int, lr: float) -> Phase:
-        return self._phase(name, iteration, epochs, lr, [(self.labeled, False), (self.pseudo, self.cfg.strong_aug)],
+        return self._phase(name, iteration, epochs, lr,
+                           [self._source(self.labeled, soft=self.cfg.pseudo_soft), self._pseudo_source()],
                            self._agreement, self.joint_shares)
 
     def _accuracy(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:

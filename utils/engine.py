@@ -35,11 +35,32 @@ class TrainingDiverged(UserError):
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """Mean over the pixels (or samples) that are not ignored; 0 when a batch is all ignored.
 
-    PyTorch's mean reduction divides by zero there and poisons the weights with NaN, which a high
-    pseudo-label threshold makes likely.
+    `target` holds class indices, or class distributions shaped like `logits` (PSEUDO_SOFT), where
+    an all-zero distribution is the ignored pixel. PyTorch's mean reduction divides by zero on an
+    all-ignored batch and poisons the weights with NaN, which a high pseudo-label threshold makes likely.
     """
+    if target.is_floating_point():
+        total = F.cross_entropy(logits.float(), target, reduction="sum")
+        return total / target.sum().clamp(min=1)
     total = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
     return total / (target != ignore_index).sum().clamp(min=1)
+
+
+def soft_targets(labels: torch.Tensor, num_classes: int, ignore_index: int, rt: Runtime,
+                 teacher: nn.Module | None = None, images: torch.Tensor | None = None) -> torch.Tensor:
+    """Class distributions (B,C,...) for PSEUDO_SOFT, all zero where `labels` is ignore.
+
+    With a `teacher`, its softmax on these very `images` (the augmented pseudo-labeled crops, before
+    any strong augmentation): the student then learns how sure the teacher is, not only its argmax,
+    as Noisy Student's soft pseudo-labels. Without one, `labels` one-hot, so that labeled crops can
+    share a batch with them.
+    """
+    keep = (labels != ignore_index).unsqueeze(1)
+    if teacher is None:
+        distributions = F.one_hot(labels.masked_fill(~keep.squeeze(1), 0), num_classes).movedim(-1, 1).float()
+    else:
+        distributions = predict_probs(teacher, images, rt).clone()  # a normal tensor, not an inference one
+    return distributions * keep
 
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator, rt: Runtime) -> torch.Tensor:

@@ -21,7 +21,7 @@ from data.transforms import cutmix, photometric, scale_crop_flip
 from models.swiftnet import CAMVID_MEAN, swiftnet_rn18
 from utils.config import Config
 from utils.dist import Runtime
-from utils.engine import Batch, Phase, Source, cross_entropy, evaluate, mixed_batches, predict_probs
+from utils.engine import Batch, Phase, Source, cross_entropy, evaluate, mixed_batches, predict_probs, soft_targets
 from utils.pictures import prediction_pictures, pseudo_label_pictures
 from utils.errors import UserError
 from utils.io import probe_folder, write_json
@@ -114,18 +114,26 @@ class CamVidSelfTraining(SelfTraining):
         return self.rt.prepare(model, self.cfg.sync_bn)
 
     # Batches: indexing the in-memory tensors, then augmenting on the device in one go.
-    def _augmented(self, data: SegmentationSet, index: torch.Tensor, generator: torch.Generator,
-                   strong: bool) -> Batch:
+    def _augmented(self, data: SegmentationSet, index: torch.Tensor, generator: torch.Generator, strong: bool,
+                   soft: bool, teacher: nn.Module | None) -> Batch:
         device = self.rt.device
         images = data.images[index.to(data.images.device)].to(device, non_blocking=True)
         labels = data.labels[index.to(data.labels.device)].to(device, non_blocking=True)
         images, labels = scale_crop_flip(images, labels, self.cfg.crop_size, CAMVID_MEAN, IGNORE_INDEX, generator)
+        if soft:
+            labels = soft_targets(labels, NUM_CLASSES, IGNORE_INDEX, self.rt, teacher, images)
         if strong:
             images, labels = cutmix(photometric(images, generator), labels, generator)
         return images, labels
 
-    def _source(self, data: SegmentationSet, strong: bool) -> Source:
-        return Source(len(data), lambda index, generator: self._augmented(data, index, generator, strong))
+    def _source(self, data: SegmentationSet, strong: bool = False, soft: bool = False,
+                teacher: nn.Module | None = None) -> Source:
+        """`data` augmented; with `soft`, targets are distributions: `teacher`'s softmax, or one-hot without one."""
+        return Source(len(data), lambda index, generator: self._augmented(data, index, generator, strong, soft,
+                                                                          teacher))
+
+    def _pseudo_source(self) -> Source:
+        return self._source(self.pseudo, self.cfg.strong_aug, self.cfg.pseudo_soft, self.soft_teacher)
 
     def _phase(self, name: str, iteration: int, epochs: int, lr: float, sources: list[Source],
                shares: list[float] | None = None) -> Phase:
@@ -137,16 +145,16 @@ class CamVidSelfTraining(SelfTraining):
                      lr_min=cfg.lr_min, seed=cfg.seed * 1009 + zlib.crc32(name.encode()))
 
     def labeled_phase(self, name: str, iteration: int, epochs: int, lr: float) -> Phase:
-        return self._phase(name, iteration, epochs, lr, [self._source(self.labeled, False)])
+        return self._phase(name, iteration, epochs, lr, [self._source(self.labeled)])
 
     def pseudo_phase(self, name: str, iteration: int, epochs: int, lr: float) -> Phase:
-        return self._phase(name, iteration, epochs, lr, [self._source(self.pseudo, self.cfg.strong_aug)])
+        return self._phase(name, iteration, epochs, lr, [self._pseudo_source()])
 
     def joint_phase(self, name: str, iteration: int, epochs: int, lr: float) -> Phase:
         """Each batch mixes labeled and pseudo-labeled crops, JOINT_LABELED_SHARE of them labeled (ST++,
         Naive-Student)."""
         return self._phase(name, iteration, epochs, lr,
-                           [self._source(self.labeled, False), self._source(self.pseudo, self.cfg.strong_aug)],
+                           [self._source(self.labeled, soft=self.cfg.pseudo_soft), self._pseudo_source()],
                            self.joint_shares)
 
     def validate(self, model: nn.Module) -> tuple[float, dict[str, Any]]:

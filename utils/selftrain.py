@@ -82,6 +82,8 @@ class SelfTraining:
         check_options(cfg)
         self.cfg, self.rt, self.run = cfg, rt, run
         self.save_dir = Path(cfg.save_dir)
+        # The teacher of the current iteration, kept in memory for PSEUDO_SOFT's targets.
+        self.soft_teacher: nn.Module | None = None
 
     # What a task provides.
     def new_model(self) -> nn.Module:
@@ -188,7 +190,9 @@ class SelfTraining:
                                 entry[f"val_{self.score_key}"])
             return student if entry["promoted"] else teacher
         began = time.perf_counter()
-        quality = self.pseudo_label(self.model_from(teacher), iteration, teacher)
+        teacher_model = self.model_from(teacher)
+        quality = self.pseudo_label(teacher_model, iteration, teacher)
+        self.soft_teacher = teacher_model if self.cfg.pseudo_soft else None
         self._time(f"it{iteration}_pseudo_label", began)
         began = time.perf_counter()
         student = self.train_student(iteration, teacher)
