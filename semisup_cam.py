@@ -53,6 +53,7 @@ PSEUDO_CLASS_SHARE = 0.0  # > 0: each predicted class keeps at least this share 
 PSEUDO_IMAGE_SHARE = 1.0  # < 1: the student learns only from this share of the frames, the most reliable (ST++)
 PSEUDO_TTA = False  # pseudo-labels from softmax averaged over flips and TTA_SCALES
 PSEUDO_SOFT = False  # True: the student matches the teacher's softmax on each crop, not its argmax
+PSEUDO_EMA = 0.0  # > 0: PSEUDO_SOFT's teacher follows the student (STUDENT_INIT="teacher") with this momentum
 TTA_SCALES = [0.75, 1.0, 1.25]
 STRONG_AUG = False  # colour jitter, grayscale, blur and CutMix on pseudo-labeled crops
 # Running

@@ -47,6 +47,7 @@ PROMOTE_ALWAYS = False  # True: the thesis's behaviour, the student replaces the
 PSEUDO_THRESHOLD = 0.0  # unlabeled images whose teacher confidence is below are left out
 PSEUDO_CLASS_SHARE = 0.0  # > 0: each predicted class keeps at least this share of its images (threshold lowered)
 PSEUDO_SOFT = False  # True: the student matches the teacher's softmax on each crop, not its argmax
+PSEUDO_EMA = 0.0  # > 0: PSEUDO_SOFT's teacher follows the student (STUDENT_INIT="teacher") with this momentum
 STRONG_AUG = False  # colour jitter, grayscale, blur and cutout on pseudo-labeled images
 # Running
 DEVICE = "auto"

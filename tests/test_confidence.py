@@ -181,7 +181,8 @@ def test_an_image_share_outside_zero_one_is_refused(tmp_path: Path, main_args: C
 
 
 EVERY_OPTION = {"student_schedule": "joint", "joint_labeled_share": 0.25, "pseudo_threshold": 0.6,
-                "pseudo_class_share": 0.5, "strong_aug": True, "pseudo_soft": True}
+                "pseudo_class_share": 0.5, "strong_aug": True, "pseudo_soft": True, "student_init": "teacher",
+                "pseudo_ema": 0.9}
 
 
 def record_batch_shares(monkeypatch: pytest.MonkeyPatch, module: str) -> list[Any]:

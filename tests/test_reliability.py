@@ -359,6 +359,13 @@ BAD_INPUT: list[tuple[str, Callable[[Path, Path, pytest.MonkeyPatch], None], str
      r"Cannot write checkpoints to SAVE_DIR=.*afile/ckpt.*--save_dir=PATH"),
     ("labeled_fraction_zero", lambda d, w, m: _cam(d, w, labeled_fraction=0),
      r"LABELED_FRACTION=0\.0 must be in \(0, 1\]"),
+    ("mean_teacher_without_soft_targets", lambda d, w, m: _cam(d, w, pseudo_ema=0.99, student_init="teacher"),
+     r"--pseudo_ema=0\.99 moves the teacher that gives PSEUDO_SOFT's targets.*--pseudo_soft=True and "
+     r"--student_init=teacher"),
+    ("mean_teacher_of_a_fresh_student", lambda d, w, m: _cif(d, w, pseudo_ema=0.99, pseudo_soft=True),
+     r"--pseudo_ema=0\.99 .*--student_init=teacher \(a fresh student's weights cannot be averaged"),
+    ("mean_teacher_momentum_of_one", lambda d, w, m: _cam(d, w, pseudo_ema=1, pseudo_soft=True),
+     r"--pseudo_ema=1\.0: the momentum of the mean teacher, at least 0 \(off\) and below 1"),
     ("cuda_without_gpu", lambda d, w, m: _cam_on_missing_gpu(d, w),
      r"DEVICE=cuda but PyTorch sees no GPU.*--device=cpu"),
     ("cifar_files_missing_offline", lambda d, w, m: _offline_cifar(d, w, m),

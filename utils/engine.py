@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -123,9 +124,32 @@ def mixed_batches(sources: Sequence[Source], batch_size: int, rt: Runtime,
     return steps, batches
 
 
+class MeanTeacher:
+    """The teacher of PSEUDO_EMA: after every optimizer step its weights move towards the student's,
+    `weights = momentum * weights + (1 - momentum) * student` (Mean Teacher), so the targets it gives
+    improve with the student instead of repeating the first teacher's mistakes.
+
+    Averaging weights only makes sense between models that share their starting point: the student
+    must start from this teacher (STUDENT_INIT="teacher"). BatchNorm statistics are averaged alike.
+    """
+
+    def __init__(self, model: nn.Module, momentum: float):
+        self.model, self.momentum = model, momentum
+
+    @torch.no_grad()
+    def update(self, student: nn.Module) -> None:
+        theirs_by_name = student.state_dict()
+        for name, mine in self.model.state_dict().items():
+            theirs = theirs_by_name[name]
+            if mine.is_floating_point():
+                mine.lerp_(theirs, 1 - self.momentum)
+            else:
+                mine.copy_(theirs)
+
+
 def train_one_epoch(model: nn.Module, batches: Iterable[Batch], steps: int, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, loss_fn: Callable, rt: Runtime,
-                    desc: str = "train") -> float:
+                    desc: str = "train", after_step: Callable[[], None] | None = None) -> float:
     """One pass over `batches`; returns the mean loss (one device sync per epoch, plus the bar's)."""
     model.train()
     total = torch.zeros((), device=rt.device)
@@ -137,6 +161,8 @@ def train_one_epoch(model: nn.Module, batches: Iterable[Batch], steps: int, opti
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if after_step is not None:
+            after_step()
         total += loss.detach()
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -206,6 +232,8 @@ class Phase:
     seed: int
     # Extra numbers for the records at each evaluation, e.g. agreement with the pseudo-labels.
     monitor: Callable[[nn.Module], dict[str, Any]] | None = None
+    # The teacher that follows the model (PSEUDO_EMA); kept in the phase's last checkpoint.
+    mean_teacher: MeanTeacher | None = None
 
 
 @dataclass
@@ -260,16 +288,20 @@ def fit(model: nn.Module, phase: Phase, best: Best, run: Run, rt: Runtime,
         _restore_rng(state["rng"], generator)
         start_epoch, seconds, loss = state["epoch"], state["seconds"], state["loss"]
         best.score, best.epoch = state["best_score"], state["best_epoch"]
+        if phase.mean_teacher is not None:
+            phase.mean_teacher.model.load_state_dict(state["mean_teacher"])
 
     train_model = rt.wrap(model)
     if compile_model:
         train_model = torch.compile(train_model)
+    after_step = None if phase.mean_teacher is None else partial(phase.mean_teacher.update, model)
+    teacher_state = {} if phase.mean_teacher is None else {"mean_teacher": phase.mean_teacher.model.state_dict()}
     bar = tqdm(range(start_epoch + 1, phase.epochs + 1), desc=phase.name, initial=start_epoch, total=phase.epochs,
                disable=not rt.is_main, dynamic_ncols=True)
     for epoch in bar:
         began = time.perf_counter()
         loss = train_one_epoch(train_model, phase.batches(generator), phase.steps_per_epoch, optimizer, scheduler,
-                               phase.loss_fn, rt, desc=f"epoch {epoch}")
+                               phase.loss_fn, rt, desc=f"epoch {epoch}", after_step=after_step)
         if not math.isfinite(loss):
             kept = (f"The last good state is kept in {last_path}; a re-run resumes from it"
                     if last_path.is_file() else "No epoch of this phase had finished, so nothing was saved")
@@ -295,15 +327,18 @@ def fit(model: nn.Module, phase: Phase, best: Best, run: Run, rt: Runtime,
             save_checkpoint(last_path, phase=phase.name, iteration=phase.iteration, epoch=epoch,
                             state_dict=model.state_dict(), optimizer=optimizer.state_dict(),
                             scheduler=scheduler.state_dict(), rng=_rng_state(generator), loss=loss,
-                            seconds=seconds, best_score=best.score, best_epoch=best.epoch, config=dict(run.config))
+                            seconds=seconds, best_score=best.score, best_epoch=best.epoch, config=dict(run.config),
+                            **teacher_state)
         rt.barrier()
     result = {"best_score": best.score, "best_epoch": best.epoch, "epochs": phase.epochs, "loss": loss,
               "seconds": round(seconds, 3)}
     # Marked done first: a kill before the slimming below leaves a full checkpoint of the same weights.
     run.mark_done(phase.name, result)
     if rt.is_main:
-        # The optimizer state is only needed to resume inside the phase: keep the final weights alone.
+        # The optimizer state is only needed to resume inside the phase: keep the final weights alone
+        # (and those of the mean teacher, which one may want to evaluate).
         save_checkpoint(last_path, phase=phase.name, iteration=phase.iteration, epoch=phase.epochs,
-                        state_dict=model.state_dict(), best_score=best.score, config=dict(run.config))
+                        state_dict=model.state_dict(), best_score=best.score, config=dict(run.config),
+                        **teacher_state)
     rt.barrier()
     return result

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -18,7 +18,7 @@ from tqdm import tqdm
 from utils.checkpoint import load_checkpoint, load_weights
 from utils.config import Config, configure, constants_of
 from utils.dist import Runtime, seed_everything, setup, teardown
-from utils.engine import Best, Phase, fit
+from utils.engine import Best, MeanTeacher, Phase, fit
 from utils.errors import UserError
 from utils.records import Run, choose_run_dir
 
@@ -47,6 +47,14 @@ def check_options(cfg: Mapping[str, Any]) -> None:
     if share > 0 and cfg.get("pseudo_threshold", 0.0) <= 0:
         raise UserError(f"--pseudo_class_share={share} lowers PSEUDO_THRESHOLD for the classes it thins out, but "
                         "the threshold is 0 and keeps everything: set --pseudo_threshold too, e.g. 0.8.")
+    momentum = cfg.get("pseudo_ema", 0.0)
+    if not 0 <= momentum < 1:
+        raise UserError(f"--pseudo_ema={momentum}: the momentum of the mean teacher, at least 0 (off) and below 1, "
+                        "e.g. 0.99.")
+    if momentum > 0 and not (cfg.get("pseudo_soft") and cfg.get("student_init") == "teacher"):
+        raise UserError(f"--pseudo_ema={momentum} moves the teacher that gives PSEUDO_SOFT's targets towards a "
+                        "student that started from it: set --pseudo_soft=True and --student_init=teacher (a fresh "
+                        "student's weights cannot be averaged with the teacher's).")
 
 
 def start_run(namespace: Mapping[str, Any], argv: Sequence[str], demo_overrides: Mapping[str, Any], name: str,
@@ -166,12 +174,14 @@ class SelfTraining:
         cfg = self.cfg
         model = self.new_student(iteration, teacher)
         best = Best(self.save_dir / f"student_it{iteration}_best.pth.tar", self.metric_key)
+        # The phase that learns from pseudo-labels moves the soft teacher along (PSEUDO_EMA).
+        mean_teacher = MeanTeacher(self.soft_teacher, cfg.pseudo_ema) if cfg.pseudo_ema > 0 else None
         if cfg.student_schedule == "joint":
-            self._fit(model, self.joint_phase(f"it{iteration}_joint", iteration, cfg.pseudo_epochs,
-                                              cfg.finetune_lr), best)
+            self._fit(model, replace(self.joint_phase(f"it{iteration}_joint", iteration, cfg.pseudo_epochs,
+                                                      cfg.finetune_lr), mean_teacher=mean_teacher), best)
         else:
-            self._fit(model, self.pseudo_phase(f"it{iteration}_pseudo", iteration, cfg.pseudo_epochs,
-                                               cfg.pseudo_lr), best)
+            self._fit(model, replace(self.pseudo_phase(f"it{iteration}_pseudo", iteration, cfg.pseudo_epochs,
+                                                       cfg.pseudo_lr), mean_teacher=mean_teacher), best)
             self._fit(model, self.labeled_phase(f"it{iteration}_finetune", iteration, cfg.finetune_epochs,
                                                 cfg.finetune_lr), best)
         return Candidate(f"student_it{iteration}", best.path, best.score)

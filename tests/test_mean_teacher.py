@@ -1,0 +1,127 @@
+"""PSEUDO_EMA: the teacher of the soft targets follows the student (Mean Teacher). The average
+itself, a phase that resumes with the teacher it had, and a CamVid student whose targets come
+from the moved teacher, not from the one it started with."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import torch
+from torch import nn
+
+import semisup_cam
+from data.classes import NUM_CLASSES
+from data.synthetic import make_street_scenes
+from models.swiftnet import swiftnet_rn18
+from utils.checkpoint import load_checkpoint, load_weights
+from utils.dist import Runtime
+from utils.engine import Best, MeanTeacher, Phase, cross_entropy, fit, mixed_batches, predict_probs
+from utils.records import Run
+
+from conftest import TINY_SIZE
+
+
+def small_net(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 3, 1))
+
+
+def test_the_teacher_moves_towards_the_student_by_one_minus_the_momentum() -> None:
+    teacher = small_net(0)
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(torch.randn_like(p))
+    student.train()(torch.randn(2, 3, 5, 5))  # moves the BatchNorm statistics and counter
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    MeanTeacher(teacher, 0.9).update(student)
+    after, theirs = teacher.state_dict(), student.state_dict()
+    for name, old in before.items():
+        if old.is_floating_point():
+            torch.testing.assert_close(after[name], 0.9 * old + 0.1 * theirs[name])
+            assert not torch.equal(after[name], old)
+        else:
+            assert torch.equal(after[name], theirs[name])  # num_batches_tracked: copied, not averaged
+
+
+class Stop(Exception):
+    pass
+
+
+def distillation_phase(mean_teacher: MeanTeacher, stop_in_epoch: int = 0) -> Phase:
+    """Two epochs of 3 steps in which the targets are the mean teacher's softmax, so its state steers the run."""
+    epochs_started = []
+
+    def batches(generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epochs_started.append(1)
+        for _ in range(3):
+            if len(epochs_started) == stop_in_epoch:
+                raise Stop  # a kill in the middle of this epoch
+            images = torch.rand(4, 3, 6, 6, generator=generator)
+            with torch.no_grad():
+                targets = mean_teacher.model.eval()(images).softmax(1)
+            yield images, targets
+
+    return Phase(name="it1_joint", iteration=1, epochs=2, steps_per_epoch=3, batches=batches,
+                 loss_fn=lambda logits, target: cross_entropy(logits, target),
+                 make_optimizer=lambda params: torch.optim.SGD(params, lr=0.5), lr_min=0.0, seed=0,
+                 mean_teacher=mean_teacher)
+
+
+def train(work: Path, stop_in_epoch: int = 0) -> tuple[nn.Module, nn.Module]:
+    teacher, student = small_net(0), small_net(0)  # the student starts from the teacher
+    with torch.no_grad():
+        student[0].weight.add_(0.3)  # ... and has learned something the teacher has not
+    phase = distillation_phase(MeanTeacher(teacher, 0.5), stop_in_epoch)
+    run = Run(work / "run", {"run_dir": str(work / "run"), "resume": True})
+    fit(student, phase, Best(work / "best.pth.tar", "val_iou"), run, Runtime(torch.device("cpu")),
+        lambda model: (0.0, {}), 1)
+    return student, teacher
+
+
+def test_a_resumed_phase_goes_on_with_the_teacher_it_had(tmp_path: Path) -> None:
+    with pytest.raises(Stop):
+        train(tmp_path / "killed", stop_in_epoch=2)
+    assert load_checkpoint(tmp_path / "killed" / "run" / "last_it1_joint.pth.tar")["epoch"] == 1
+    resumed_student, resumed_teacher = train(tmp_path / "killed")
+    whole_student, whole_teacher = train(tmp_path / "whole")
+    start = small_net(0).state_dict()
+    for name, tensor in whole_teacher.state_dict().items():
+        assert torch.equal(resumed_teacher.state_dict()[name], tensor)
+        assert torch.equal(resumed_student.state_dict()[name], whole_student.state_dict()[name])
+    assert not torch.equal(whole_teacher[0].weight, start["0.weight"])  # the teacher did move
+    saved = load_checkpoint(tmp_path / "whole" / "run" / "last_it1_joint.pth.tar")
+    assert "optimizer" not in saved  # the finished phase keeps weights only: the student's and its teacher's
+    assert all(torch.equal(saved["mean_teacher"][k], v) for k, v in whole_teacher.state_dict().items())
+
+
+def test_a_camvid_student_learns_from_the_teacher_that_follows_it(
+        tmp_path: Path, main_args: Callable[..., list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[Any] = []
+
+    def recording(sources: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(sources)
+        return mixed_batches(sources, *args, **kwargs)
+
+    monkeypatch.setattr("utils.segmentation.mixed_batches", recording)
+    data = make_street_scenes(tmp_path / "camvid", counts={"train": 8, "val": 2, "test": 2}, unlabeled=0,
+                              size=TINY_SIZE)
+    semisup_cam.main(main_args(data, tmp_path, labeled_fraction="1/2", no_iter=1, pseudo_epochs=2,
+                               pseudo_root=tmp_path / "pseudo", student_schedule="joint", pseudo_soft=True,
+                               student_init="teacher", pseudo_ema=0.5))
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["pseudo_ema"] == 0.5
+
+    cpu = Runtime(torch.device("cpu"))
+    first, moved = swiftnet_rn18(NUM_CLASSES, pretrained=False), swiftnet_rn18(NUM_CLASSES, pretrained=False)
+    teacher_path, last_path = tmp_path / "ckpt" / "teacher_best.pth.tar", tmp_path / "run" / "last_it1_joint.pth.tar"
+    load_weights(first, load_checkpoint(teacher_path), teacher_path)
+    moved.load_state_dict(load_checkpoint(last_path)["mean_teacher"])
+    _, (_, pseudo) = calls
+    crops, targets = pseudo.augment(torch.arange(pseudo.size), torch.Generator().manual_seed(0))
+    kept = (targets.sum(1, keepdim=True) > 0).float()  # all but the padding of crops beyond the frame
+    assert kept.mean() > 0.9
+    torch.testing.assert_close(targets, predict_probs(moved, crops, cpu) * kept)
+    assert not torch.allclose(targets, predict_probs(first, crops, cpu) * kept, atol=1e-3)
