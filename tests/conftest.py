@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 import torch
 
 from data.synthetic import make_street_scenes
 from utils.dist import Runtime
+from utils.engine import mixed_batches
 
 TINY_SIZE = (64, 48)  # width, height: the smallest scenes that still look like streets
 
@@ -34,6 +35,27 @@ def tiny_scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def scenes(tiny_scenes: Path, tmp_path: Path) -> Path:
     """A private copy of `tiny_scenes` that a test may damage."""
     return Path(shutil.copytree(tiny_scenes, tmp_path / "camvid"))
+
+
+@pytest.fixture(scope="session")
+def scenes8(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A read-only CamVid layout of 8 train, 2 val and 2 test images, no frames: with LABELED_FRACTION=1/2,
+    4 labeled images and 4 unlabeled ones."""
+    root = tmp_path_factory.mktemp("scenes8")
+    return make_street_scenes(root, counts={"train": 8, "val": 2, "test": 2}, unlabeled=0, size=TINY_SIZE)
+
+
+@pytest.fixture
+def segmentation_sources(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The `sources` of every phase the CamVid loop builds (each mixed_batches call), the calls unchanged."""
+    calls: list[Any] = []
+
+    def recording(sources: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(sources)
+        return mixed_batches(sources, *args, **kwargs)
+
+    monkeypatch.setattr("utils.segmentation.mixed_batches", recording)
+    return calls
 
 
 @pytest.fixture(scope="session")

@@ -14,14 +14,11 @@ from torch import nn
 
 import semisup_cam
 from data.classes import NUM_CLASSES
-from data.synthetic import make_street_scenes
 from models.swiftnet import swiftnet_rn18
 from utils.checkpoint import load_checkpoint, load_weights
 from utils.dist import Runtime
-from utils.engine import Best, MeanTeacher, Phase, cross_entropy, fit, mixed_batches, predict_probs
+from utils.engine import Best, MeanTeacher, Phase, cross_entropy, fit, predict_probs
 from utils.records import Run
-
-from conftest import TINY_SIZE
 
 
 def small_net(seed: int) -> nn.Module:
@@ -99,17 +96,8 @@ def test_a_resumed_phase_goes_on_with_the_teacher_it_had(tmp_path: Path) -> None
 
 
 def test_a_camvid_student_learns_from_the_teacher_that_follows_it(
-        tmp_path: Path, main_args: Callable[..., list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[Any] = []
-
-    def recording(sources: Any, *args: Any, **kwargs: Any) -> Any:
-        calls.append(sources)
-        return mixed_batches(sources, *args, **kwargs)
-
-    monkeypatch.setattr("utils.segmentation.mixed_batches", recording)
-    data = make_street_scenes(tmp_path / "camvid", counts={"train": 8, "val": 2, "test": 2}, unlabeled=0,
-                              size=TINY_SIZE)
-    semisup_cam.main(main_args(data, tmp_path, labeled_fraction="1/2", no_iter=1, pseudo_epochs=2,
+        scenes8: Path, tmp_path: Path, main_args: Callable[..., list[str]], segmentation_sources: list[Any]) -> None:
+    semisup_cam.main(main_args(scenes8, tmp_path, labeled_fraction="1/2", no_iter=1, pseudo_epochs=2,
                                pseudo_root=tmp_path / "pseudo", student_schedule="joint", pseudo_soft=True,
                                student_init="teacher", pseudo_ema=0.5))
     assert json.loads((tmp_path / "run" / "config.json").read_text())["pseudo_ema"] == 0.5
@@ -119,7 +107,7 @@ def test_a_camvid_student_learns_from_the_teacher_that_follows_it(
     teacher_path, last_path = tmp_path / "ckpt" / "teacher_best.pth.tar", tmp_path / "run" / "last_it1_joint.pth.tar"
     load_weights(first, load_checkpoint(teacher_path), teacher_path)
     moved.load_state_dict(load_checkpoint(last_path)["mean_teacher"])
-    _, (_, pseudo) = calls
+    _, (_, pseudo) = segmentation_sources
     crops, targets = pseudo.augment(torch.arange(pseudo.size), torch.Generator().manual_seed(0))
     kept = (targets.sum(1, keepdim=True) > 0).float()  # all but the padding of crops beyond the frame
     assert kept.mean() > 0.9

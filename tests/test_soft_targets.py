@@ -7,21 +7,17 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import semisup_cam
 from data.classes import IGNORE_INDEX, NUM_CLASSES
-from data.synthetic import make_street_scenes
 from data.transforms import cutmix
 from models.swiftnet import swiftnet_rn18
 from utils.checkpoint import load_checkpoint, load_weights
 from utils.dist import Runtime
-from utils.engine import cross_entropy, mixed_batches, predict_probs, soft_targets
-
-from conftest import TINY_SIZE
+from utils.engine import cross_entropy, predict_probs, soft_targets
 
 
 def gen(seed: int) -> torch.Generator:
@@ -86,25 +82,17 @@ def test_cutmix_moves_distributions_with_their_image() -> None:
     assert torch.equal(out_targets.argmax(1), source) and torch.equal(out_targets.sum(1), torch.ones(b, h, w))
 
 
-def test_a_soft_camvid_student_learns_from_its_teachers_softmax(tmp_path: Path, main_args: Callable[..., list[str]],
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[Any] = []
-
-    def recording(sources: Any, *args: Any, **kwargs: Any) -> Any:
-        calls.append(sources)
-        return mixed_batches(sources, *args, **kwargs)
-
-    monkeypatch.setattr("utils.segmentation.mixed_batches", recording)
-    data = make_street_scenes(tmp_path / "camvid", counts={"train": 8, "val": 2, "test": 2}, unlabeled=0,
-                              size=TINY_SIZE)
-    semisup_cam.main(main_args(data, tmp_path, labeled_fraction="1/2", no_iter=1, pseudo_epochs=1,
+def test_a_soft_camvid_student_learns_from_its_teachers_softmax(scenes8: Path, tmp_path: Path,
+                                                                main_args: Callable[..., list[str]],
+                                                                segmentation_sources: list[Any]) -> None:
+    semisup_cam.main(main_args(scenes8, tmp_path, labeled_fraction="1/2", no_iter=1, pseudo_epochs=1,
                                pseudo_root=tmp_path / "pseudo", student_schedule="joint", pseudo_threshold=0.3,
                                pseudo_soft=True))
     assert json.loads((tmp_path / "run" / "config.json").read_text())["pseudo_soft"] is True
     entry = json.loads((tmp_path / "run" / "summary.json").read_text())["iterations"][0]
     assert entry["pseudo_ignored_frac"] > 0  # the threshold left some pixels out
 
-    teacher_only, (labeled, pseudo) = calls
+    teacher_only, (labeled, pseudo) = segmentation_sources
     assert len(teacher_only) == 1
     _, hard = teacher_only[0].augment(torch.arange(2), gen(0))
     assert hard.dtype == torch.long  # the teacher learns from the labels as they are
