@@ -101,6 +101,9 @@ def test_a_camvid_student_learns_from_the_teacher_that_follows_it(
                                pseudo_root=tmp_path / "pseudo", student_schedule="joint", pseudo_soft=True,
                                student_init="teacher", pseudo_ema=0.5))
     assert json.loads((tmp_path / "run" / "config.json").read_text())["pseudo_ema"] == 0.5
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [0 <= m["mean_teacher_score"] <= 100 for m in lines if m["phase"] == "it1_joint"] == [True, True]
+    assert all("mean_teacher_score" not in m for m in lines if m["phase"] == "teacher")
 
     cpu = Runtime(torch.device("cpu"))
     first, moved = swiftnet_rn18(NUM_CLASSES, pretrained=False), swiftnet_rn18(NUM_CLASSES, pretrained=False)

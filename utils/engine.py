@@ -315,6 +315,8 @@ def fit(model: nn.Module, phase: Phase, best: Best, run: Run, rt: Runtime,
         if epoch % eval_each == 0 or epoch == phase.epochs:
             score, details = validate(model)
             entry.update(score=score, **details, **(phase.monitor(model) if phase.monitor else {}))
+            if phase.mean_teacher is not None:  # often the better model of the two (Mean Teacher)
+                entry["mean_teacher_score"] = validate(phase.mean_teacher.model)[0]
             if score > best.score:
                 best.score, best.epoch = score, epoch
                 if rt.is_main:
