@@ -34,7 +34,7 @@ def test_the_teacher_moves_towards_the_student_by_one_minus_the_momentum() -> No
             p.add_(torch.randn_like(p))
     student.train()(torch.randn(2, 3, 5, 5))  # moves the BatchNorm statistics and counter
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    MeanTeacher(teacher, 0.9).update(student)
+    MeanTeacher(teacher, student, 0.9).update()
     after, theirs = teacher.state_dict(), student.state_dict()
     for name, old in before.items():
         if old.is_floating_point():
@@ -72,7 +72,7 @@ def train(work: Path, stop_in_epoch: int = 0) -> tuple[nn.Module, nn.Module]:
     teacher, student = small_net(0), small_net(0)  # the student starts from the teacher
     with torch.no_grad():
         student[0].weight.add_(0.3)  # ... and has learned something the teacher has not
-    phase = distillation_phase(MeanTeacher(teacher, 0.5), stop_in_epoch)
+    phase = distillation_phase(MeanTeacher(teacher, student, 0.5), stop_in_epoch)
     run = Run(work / "run", {"run_dir": str(work / "run"), "resume": True})
     fit(student, phase, Best(work / "best.pth.tar", "val_iou"), run, Runtime(torch.device("cpu")),
         lambda model: (0.0, {}), 1)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -131,20 +130,22 @@ class MeanTeacher:
 
     Averaging weights only makes sense between models that share their starting point: the student
     must start from this teacher (STUDENT_INIT="teacher"). BatchNorm statistics are averaged alike.
+    The tensors are paired once: loading a checkpoint or stepping copies into them in place.
     """
 
-    def __init__(self, model: nn.Module, momentum: float):
+    def __init__(self, model: nn.Module, student: nn.Module, momentum: float):
         self.model, self.momentum = model, momentum
+        theirs = student.state_dict()
+        pairs = [(mine, theirs[name]) for name, mine in self.model.state_dict().items()]
+        self._mine = [mine for mine, _ in pairs if mine.is_floating_point()]
+        self._theirs = [their for mine, their in pairs if mine.is_floating_point()]
+        self._counters = [(mine, their) for mine, their in pairs if not mine.is_floating_point()]  # BatchNorm's
 
     @torch.no_grad()
-    def update(self, student: nn.Module) -> None:
-        theirs_by_name = student.state_dict()
-        for name, mine in self.model.state_dict().items():
-            theirs = theirs_by_name[name]
-            if mine.is_floating_point():
-                mine.lerp_(theirs, 1 - self.momentum)
-            else:
-                mine.copy_(theirs)
+    def update(self) -> None:
+        torch._foreach_lerp_(self._mine, self._theirs, 1 - self.momentum)  # one kernel launch per group of tensors
+        for mine, theirs in self._counters:
+            mine.copy_(theirs)
 
 
 def train_one_epoch(model: nn.Module, batches: Iterable[Batch], steps: int, optimizer: torch.optim.Optimizer,
@@ -294,7 +295,7 @@ def fit(model: nn.Module, phase: Phase, best: Best, run: Run, rt: Runtime,
     train_model = rt.wrap(model)
     if compile_model:
         train_model = torch.compile(train_model)
-    after_step = None if phase.mean_teacher is None else partial(phase.mean_teacher.update, model)
+    after_step = None if phase.mean_teacher is None else phase.mean_teacher.update
     teacher_state = {} if phase.mean_teacher is None else {"mean_teacher": phase.mean_teacher.model.state_dict()}
     bar = tqdm(range(start_epoch + 1, phase.epochs + 1), desc=phase.name, initial=start_epoch, total=phase.epochs,
                disable=not rt.is_main, dynamic_ncols=True)

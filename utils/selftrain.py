@@ -175,7 +175,7 @@ class SelfTraining:
         model = self.new_student(iteration, teacher)
         best = Best(self.save_dir / f"student_it{iteration}_best.pth.tar", self.metric_key)
         # The phase that learns from pseudo-labels moves the soft teacher along (PSEUDO_EMA).
-        mean_teacher = MeanTeacher(self.soft_teacher, cfg.pseudo_ema) if cfg.pseudo_ema > 0 else None
+        mean_teacher = MeanTeacher(self.soft_teacher, model, cfg.pseudo_ema) if cfg.pseudo_ema > 0 else None
         if cfg.student_schedule == "joint":
             self._fit(model, replace(self.joint_phase(f"it{iteration}_joint", iteration, cfg.pseudo_epochs,
                                                       cfg.finetune_lr), mean_teacher=mean_teacher), best)
