@@ -158,6 +158,7 @@ def test_a_killed_teacher_resumes_to_the_result_of_an_uninterrupted_run(scenes16
     at_kill = saved_epoch(last)
     assert 1 <= at_kill < EPOCHS, f"the run was not killed part-way (checkpoint epoch {at_kill}):\n{tail(log)}"
     assert "teacher" not in progress_of(killed / "run")
+    seconds_before_kill = read_json(killed / "run" / "summary.json")["timings_s"]["teacher"]
 
     assert run_script("semisup_cam.py", args, tmp_path / "resumed.log") == 0, tail(tmp_path / "resumed.log")
     run = killed / "run"
@@ -170,6 +171,11 @@ def test_a_killed_teacher_resumes_to_the_result_of_an_uninterrupted_run(scenes16
     best = torch.load(killed / "ckpt" / "teacher_best.pth.tar", map_location="cpu", weights_only=True)
     assert best["epoch"] == progress["teacher"]["best_epoch"]
     assert not list(run.glob(".*.tmp"))  # a save the kill interrupted leaves no temporary file behind
+    # The timing adds the resumed process's time, which holds the training of the epochs after the kill, to
+    # what the killed process had spent.
+    seconds = {m["epoch"]: m["seconds"] for m in lines if m["phase"] == "teacher"}  # training time, cumulative
+    trained_after_kill = seconds[EPOCHS] - seconds[at_kill]
+    assert read_json(run / "summary.json")["timings_s"]["teacher"] > seconds_before_kill + trained_after_kill
 
     # The same command, never interrupted (in this process, which also runs on one thread): the restored
     # random states make the resumed run identical to it.
@@ -519,6 +525,29 @@ def test_a_resumed_run_keeps_the_code_versions_that_worked_on_it_before_any_phas
     run = Run(folder, config)
     assert run.summary["code_versions"] == ["0123456789ab", code_version()]
     assert run.summary["iterations"] == [] and run.summary["teacher"] == {}
+
+
+def test_time_spent_before_a_kill_stays_in_the_timings_of_the_resumed_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import utils.records as records
+
+    now = [100.0]
+    monkeypatch.setattr(records.time, "perf_counter", lambda: now[0])
+    config = {"run_dir": str(tmp_path / "run"), "resume": True}
+    killed = records.Run(tmp_path / "run", config)
+    block = killed.timed("teacher")
+    block.__enter__()  # never left: the process is killed in the block
+    now[0] = 103.0
+    killed.log(phase="teacher", epoch=1)
+    now[0] = 150.0  # the kill comes during epoch 2, which is never logged
+    assert read_json(tmp_path / "run" / "summary.json")["timings_s"] == {"teacher": 3.0}
+
+    resumed = records.Run(tmp_path / "run", config)
+    with resumed.timed("teacher"):
+        now[0] = 155.5
+    with resumed.timed("it1_pseudo_label"):
+        now[0] = 157.0
+    assert read_json(tmp_path / "run" / "summary.json")["timings_s"] == {"teacher": 8.5, "it1_pseudo_label": 1.5}
 
 
 def test_a_run_killed_before_any_phase_finished_still_names_the_code_that_started_it(

@@ -3,7 +3,7 @@
     runs/<date-time>_<name>/
         config.json      every constant of the run; the same config resumes the run
         metrics.jsonl    one line per evaluation (phase, iteration, epoch, loss, lr, score, ...)
-        summary.json     teacher and per-iteration results, timings (percent values)
+        summary.json     teacher and per-iteration results (percent values), timings in seconds
         progress.json    finished phases and their results, so a re-run skips them
         last_<phase>.pth.tar   resume state of each phase
 
@@ -14,8 +14,10 @@ from __future__ import annotations
 import datetime
 import json
 import subprocess
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from utils.errors import UserError
 from utils.io import append_jsonl, probe_folder, write_json
@@ -110,8 +112,11 @@ class Run:
         self.progress: dict[str, Any] = _read_json(self.progress_path) if self.progress_path.is_file() else {}
         earlier: dict[str, Any] = _read_json(self.summary_path) if self.summary_path.is_file() else {}
         self.summary: dict[str, Any] = (earlier if self.progress
-                                        else {"teacher": {}, "iterations": [], "timings_s": {}, "finished": False})
+                                        else {"teacher": {}, "iterations": [], "finished": False})
         self.summary["finished"] = False  # until this process finishes it: a larger NO_ITER adds iterations
+        # Time is spent even when no phase finished: what a killed process spent stays on record.
+        self.summary["timings_s"] = dict(earlier.get("timings_s", {}))
+        self._clock: tuple[str, float, float] | None = None
         # Every code that worked on this run, also on a phase that had not finished when the run stopped.
         versions = self.summary.setdefault("code_versions", list(earlier.get("code_versions", [])))
         if writer and (version := code_version()) not in versions:
@@ -172,6 +177,29 @@ class Run:
     def log(self, **entry: Any) -> None:
         if self.writer:
             append_jsonl(self.folder / "metrics.jsonl", entry)
+        if self._clock is not None:
+            self._record_time()
+            self.save_summary()
+
+    @contextmanager
+    def timed(self, key: str) -> Iterator[None]:
+        """Adds the wall time of the block to `timings_s[key]`.
+
+        The figure on disk is brought up to date at every `log` line as well, so a run killed in the
+        block and resumed counts the time spent before the kill (up to its last logged epoch): the
+        timings are what the run cost, over every process that worked on it.
+        """
+        self._clock = (key, self.summary["timings_s"].get(key, 0.0), time.perf_counter())
+        try:
+            yield
+        finally:
+            self._record_time()
+            self._clock = None
+            self.save_summary()
+
+    def _record_time(self) -> None:
+        key, before, began = self._clock
+        self.summary["timings_s"][key] = round(before + time.perf_counter() - began, 2)
 
     def save_summary(self) -> None:
         if self.writer:

@@ -7,7 +7,6 @@ the promotion rule and the records, so both experiments behave alike and resume 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -141,23 +140,26 @@ class SelfTraining:
 
     def train_teacher(self) -> Candidate:
         """The supervised teacher: trained here, or taken from TEACHER_CHECKPOINT to compare student options."""
-        cfg = self.cfg
-        began = time.perf_counter()
-        if cfg.teacher_checkpoint:
-            teacher = self._given_teacher(Path(cfg.teacher_checkpoint))
-            best_epoch = load_checkpoint(teacher.path).get("epoch")
-        else:
-            best = Best(self.save_dir / "teacher_best.pth.tar", self.metric_key)
-            result = self._fit(self._fresh_model(0), self.labeled_phase("teacher", 0, cfg.teacher_epochs,
-                                                                         cfg.teacher_lr), best)
-            teacher, best_epoch = Candidate("teacher", best.path, best.score), result["best_epoch"]
-        if not self.run.summary["teacher"]:
+        if self.run.summary["teacher"]:  # trained and tested by an earlier process of this run: only found again
+            return self._teacher()[0]
+        with self.run.timed("teacher"):
+            teacher, best_epoch = self._teacher()
             model = self.model_from(teacher)
             self.run.summary["teacher"] = {f"val_{self.score_key}": teacher.val, "best_epoch": best_epoch,
                                            **self.test(model, "teacher")}
             self.pictures(model, "teacher")
-            self._time("teacher", began)
         return teacher
+
+    def _teacher(self) -> tuple[Candidate, int | None]:
+        """The teacher and its best epoch; training it resumes or skips what an earlier process did."""
+        cfg = self.cfg
+        if cfg.teacher_checkpoint:
+            teacher = self._given_teacher(Path(cfg.teacher_checkpoint))
+            return teacher, load_checkpoint(teacher.path).get("epoch")
+        best = Best(self.save_dir / "teacher_best.pth.tar", self.metric_key)
+        result = self._fit(self._fresh_model(0), self.labeled_phase("teacher", 0, cfg.teacher_epochs, cfg.teacher_lr),
+                           best)
+        return Candidate("teacher", best.path, best.score), result["best_epoch"]
 
     def _given_teacher(self, path: Path) -> Candidate:
         """A teacher from another run, validated here so that promotion compares like with like."""
@@ -199,21 +201,19 @@ class SelfTraining:
             student = Candidate(f"student_it{iteration}", self.save_dir / f"student_it{iteration}_best.pth.tar",
                                 entry[f"val_{self.score_key}"])
             return student if entry["promoted"] else teacher
-        began = time.perf_counter()
-        teacher_model = self.model_from(teacher)
-        quality = self.pseudo_label(teacher_model, iteration, teacher)
-        self.soft_teacher = teacher_model if self.cfg.pseudo_soft else None
-        self._time(f"it{iteration}_pseudo_label", began)
-        began = time.perf_counter()
-        student = self.train_student(iteration, teacher)
-        next_teacher, promoted = self.promote(teacher, student)
-        model = self.model_from(student)
-        entry = {"iteration": iteration, f"val_{self.score_key}": student.val,
-                 **self.test(model, f"student, iteration {iteration}"),
-                 "promoted": promoted, "teacher": teacher.name, **quality}
-        self.pictures(model, f"it{iteration}")
+        with self.run.timed(f"it{iteration}_pseudo_label"):
+            teacher_model = self.model_from(teacher)
+            quality = self.pseudo_label(teacher_model, iteration, teacher)
+            self.soft_teacher = teacher_model if self.cfg.pseudo_soft else None
+        with self.run.timed(f"it{iteration}_student"):
+            student = self.train_student(iteration, teacher)
+            next_teacher, promoted = self.promote(teacher, student)
+            model = self.model_from(student)
+            entry = {"iteration": iteration, f"val_{self.score_key}": student.val,
+                     **self.test(model, f"student, iteration {iteration}"),
+                     "promoted": promoted, "teacher": teacher.name, **quality}
+            self.pictures(model, f"it{iteration}")
         self.run.summary["iterations"].append(entry)
-        self._time(f"it{iteration}_student", began)
         self.run.summary["current_teacher"] = str(next_teacher.path)
         self.run.save_summary()
         self.print_iterations()
@@ -225,11 +225,6 @@ class SelfTraining:
         if self.rt.is_main:
             tqdm.write(f"Run record: {self.run.folder}")
         teardown()
-
-    def _time(self, key: str, began: float) -> None:
-        timings = self.run.summary["timings_s"]
-        timings[key] = round(timings.get(key, 0.0) + time.perf_counter() - began, 2)
-        self.run.save_summary()
 
     def print_iterations(self) -> None:
         """The per-iteration table: teacher first, then every student."""
