@@ -56,6 +56,7 @@ PSEUDO_SOFT = False  # True: the student matches the teacher's softmax on each c
 PSEUDO_EMA = 0.0  # > 0: PSEUDO_SOFT's teacher follows the student (STUDENT_INIT="teacher") with this momentum
 TTA_SCALES = [0.75, 1.0, 1.25]
 STRONG_AUG = False  # colour jitter, grayscale, blur and CutMix on pseudo-labeled crops
+PSEUDO_FEATURE_DROP = 0.0  # > 0: pseudo-labeled crops also learn from encoder features with this share dropped
 # Running
 PICTURES = 4  # val images (and pseudo-labeled frames) drawn after each model, in RUN_DIR/pictures/
 DEVICE = "auto"

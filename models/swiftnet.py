@@ -92,7 +92,10 @@ class SwiftNet(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, perturbed: int = 0, feature_drop: float = 0.5) -> torch.Tensor:
+        """Logits of `images`; with `perturbed` = k, followed by k more: the last k images decoded again from
+        encoder features with `feature_drop` of their channels dropped (UniMatch's feature perturbation,
+        PSEUDO_FEATURE_DROP). One encoder pass serves both, and the decoder sees both in one batch."""
         x = (images.float() - self.mean) / self.std
         if x.is_cuda:  # cuDNN's fastest convolutions (and the bf16 tensor cores) want NHWC
             x = x.contiguous(memory_format=torch.channels_last)
@@ -101,6 +104,8 @@ class SwiftNet(nn.Module):
         for stage in self.stages:
             x = stage(x)
             skips.append(x)
+        if perturbed:
+            skips = [torch.cat([skip, F.dropout2d(skip[-perturbed:], feature_drop, training=True)]) for skip in skips]
         x = self.spp(skips[-1])
         for up, skip in zip(self.upsample, reversed(skips[:-1])):
             x = up(x, skip)

@@ -372,6 +372,8 @@ BAD_INPUT: list[tuple[str, Callable[[Path, Path, pytest.MonkeyPatch], None], str
      r"--pseudo_ema=0\.99 .*--student_init=teacher \(a fresh student's weights cannot be averaged"),
     ("mean_teacher_momentum_of_one", lambda d, w, m: _cam(d, w, pseudo_ema=1, pseudo_soft=True),
      r"--pseudo_ema=1\.0: the momentum of the mean teacher, at least 0 \(off\) and below 1"),
+    ("feature_drop_of_one", lambda d, w, m: _cam(d, w, pseudo_feature_drop=1),
+     r"--pseudo_feature_drop=1\.0: the share of encoder feature channels dropped.*below 1, e\.g\. 0\.5"),
     ("cuda_without_gpu", lambda d, w, m: _cam_on_missing_gpu(d, w),
      r"DEVICE=cuda but PyTorch sees no GPU.*--device=cpu"),
     ("cifar_files_missing_offline", lambda d, w, m: _offline_cifar(d, w, m),

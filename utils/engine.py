@@ -93,6 +93,10 @@ def batch_split(batch_size: int, shares: Sequence[float]) -> list[int]:
     return counts + [max(1, batch_size - sum(counts))]
 
 
+def _source_counts(sources: Sequence[Source], batch_size: int, shares: Sequence[float] | None) -> list[int]:
+    return batch_split(batch_size, shares or [1 / len(sources)] * len(sources))
+
+
 def mixed_batches(sources: Sequence[Source], batch_size: int, rt: Runtime,
                   shares: Sequence[float] | None = None) -> tuple[int, Callable[[torch.Generator], Iterator[Batch]]]:
     """Batches of `batch_size` drawn from `sources` in proportion to `shares` (default: evenly).
@@ -103,7 +107,7 @@ def mixed_batches(sources: Sequence[Source], batch_size: int, rt: Runtime,
     """
     if any(source.size == 0 for source in sources):
         raise UserError("A training set of this phase is empty: check the labeled split and the unlabeled images.")
-    counts = batch_split(batch_size, shares or [1 / len(sources)] * len(sources))
+    counts = _source_counts(sources, batch_size, shares)
     if min(counts) < rt.world:
         raise UserError(f"A batch of {batch_size} ({' + '.join(map(str, counts))} crops from the phase's sets) cannot "
                         f"give each of the {rt.world} processes a crop of every set: raise --batch_size (the batch "
@@ -121,6 +125,13 @@ def mixed_batches(sources: Sequence[Source], batch_size: int, rt: Runtime,
             yield torch.cat([images for images, _ in parts]), torch.cat([labels for _, labels in parts])
 
     return steps, batches
+
+
+def local_crops(sources: Sequence[Source], batch_size: int, rt: Runtime,
+                shares: Sequence[float] | None = None) -> list[int]:
+    """Crops of each source in this process's part of a `mixed_batches` batch, in the batch's order."""
+    counts = _source_counts(sources, batch_size, shares)
+    return [len(range(rt.rank, min(count, source.size), rt.world)) for source, count in zip(sources, counts)]
 
 
 class MeanTeacher:
@@ -148,16 +159,25 @@ class MeanTeacher:
             mine.copy_(theirs)
 
 
+Forward = Callable[[nn.Module, torch.Tensor, torch.Tensor], Batch]
+
+
+def plain_forward(model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> Batch:
+    """A batch's logits and the targets they learn: the usual step."""
+    return model(images), target
+
+
 def train_one_epoch(model: nn.Module, batches: Iterable[Batch], steps: int, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, loss_fn: Callable, rt: Runtime,
-                    desc: str = "train", after_step: Callable[[], None] | None = None) -> float:
+                    desc: str = "train", after_step: Callable[[], None] | None = None,
+                    forward: Forward = plain_forward) -> float:
     """One pass over `batches`; returns the mean loss (one device sync per epoch, plus the bar's)."""
     model.train()
     total = torch.zeros((), device=rt.device)
     bar = tqdm(batches, total=steps, desc=desc, leave=False, disable=not rt.is_main, dynamic_ncols=True)
     for step, (images, target) in enumerate(bar):
         with rt.autocast():
-            loss = loss_fn(model(images), target)
+            loss = loss_fn(*forward(model, images, target))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -235,6 +255,8 @@ class Phase:
     monitor: Callable[[nn.Module], dict[str, Any]] | None = None
     # The teacher that follows the model (PSEUDO_EMA); kept in the phase's last checkpoint.
     mean_teacher: MeanTeacher | None = None
+    # How a batch becomes logits and their targets (PSEUDO_FEATURE_DROP adds perturbed ones).
+    forward: Forward = plain_forward
 
 
 @dataclass
@@ -302,7 +324,8 @@ def fit(model: nn.Module, phase: Phase, best: Best, run: Run, rt: Runtime,
     for epoch in bar:
         began = time.perf_counter()
         loss = train_one_epoch(train_model, phase.batches(generator), phase.steps_per_epoch, optimizer, scheduler,
-                               phase.loss_fn, rt, desc=f"epoch {epoch}", after_step=after_step)
+                               phase.loss_fn, rt, desc=f"epoch {epoch}", after_step=after_step,
+                               forward=phase.forward)
         if not math.isfinite(loss):
             kept = (f"The last good state is kept in {last_path}; a re-run resumes from it"
                     if last_path.is_file() else "No epoch of this phase had finished, so nothing was saved")

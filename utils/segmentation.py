@@ -21,7 +21,8 @@ from data.transforms import cutmix, photometric, scale_crop_flip
 from models.swiftnet import CAMVID_MEAN, swiftnet_rn18
 from utils.config import Config
 from utils.dist import Runtime
-from utils.engine import Batch, Phase, Source, cross_entropy, evaluate, mixed_batches, predict_probs, soft_targets
+from utils.engine import (Batch, Forward, Phase, Source, cross_entropy, evaluate, local_crops, mixed_batches,
+                          plain_forward, predict_probs, soft_targets)
 from utils.pictures import prediction_pictures, pseudo_label_pictures
 from utils.errors import UserError
 from utils.io import probe_folder, write_json
@@ -55,6 +56,18 @@ def read_split_file(path: str | Path, names: list[str]) -> tuple[list[str], list
         raise UserError(f"SPLIT_FILE={path} does not fit the train images: unknown names {unknown[:3]}, "
                         f"{len(set(labeled) & set(unlabeled))} names both labeled and unlabeled.")
     return labeled, unlabeled
+
+
+def feature_perturbed(count: int, feature_drop: float) -> Forward:
+    """PSEUDO_FEATURE_DROP, UniMatch's feature perturbation: the last `count` crops of every batch (the
+    pseudo-labeled ones) are decoded a second time from encoder features with `feature_drop` of their
+    channels dropped, and learn the same targets there. The decoder cannot lean on a few channels, and the
+    student has to agree with the teacher under a perturbation the input augmentations do not reach."""
+
+    def forward(model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> Batch:
+        return model(images, perturbed=count, feature_drop=feature_drop), torch.cat([target, target[-count:]])
+
+    return forward
 
 
 class CamVidSelfTraining(SelfTraining):
@@ -136,26 +149,31 @@ class CamVidSelfTraining(SelfTraining):
         return self._source(self.pseudo, self.cfg.strong_aug, self.cfg.pseudo_soft, self.soft_teacher)
 
     def _phase(self, name: str, iteration: int, epochs: int, lr: float, sources: list[Source],
-               shares: list[float] | None = None) -> Phase:
+               shares: list[float] | None = None, pseudo_last: bool = False) -> Phase:
+        """`pseudo_last`: the last source is the pseudo-labeled one, whose crops PSEUDO_FEATURE_DROP perturbs."""
         cfg = self.cfg
         steps, batches = mixed_batches(sources, cfg.batch_size, self.rt, shares)
+        forward = plain_forward
+        if pseudo_last and cfg.pseudo_feature_drop > 0:
+            forward = feature_perturbed(local_crops(sources, cfg.batch_size, self.rt, shares)[-1],
+                                        cfg.pseudo_feature_drop)
         return Phase(name=name, iteration=iteration, epochs=epochs, steps_per_epoch=steps, batches=batches,
                      loss_fn=lambda logits, target: cross_entropy(logits, target, IGNORE_INDEX),
                      make_optimizer=lambda params: torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay),
-                     lr_min=cfg.lr_min, seed=cfg.seed * 1009 + zlib.crc32(name.encode()))
+                     lr_min=cfg.lr_min, seed=cfg.seed * 1009 + zlib.crc32(name.encode()), forward=forward)
 
     def labeled_phase(self, name: str, iteration: int, epochs: int, lr: float) -> Phase:
         return self._phase(name, iteration, epochs, lr, [self._source(self.labeled)])
 
     def pseudo_phase(self, name: str, iteration: int, epochs: int, lr: float) -> Phase:
-        return self._phase(name, iteration, epochs, lr, [self._pseudo_source()])
+        return self._phase(name, iteration, epochs, lr, [self._pseudo_source()], pseudo_last=True)
 
     def joint_phase(self, name: str, iteration: int, epochs: int, lr: float) -> Phase:
         """Each batch mixes labeled and pseudo-labeled crops, JOINT_LABELED_SHARE of them labeled (ST++,
         Naive-Student)."""
         return self._phase(name, iteration, epochs, lr,
                            [self._source(self.labeled, soft=self.cfg.pseudo_soft), self._pseudo_source()],
-                           self.joint_shares)
+                           self.joint_shares, pseudo_last=True)
 
     def validate(self, model: nn.Module) -> tuple[float, dict[str, Any]]:
         cm = evaluate(model, self.val.images, self.val.labels, NUM_CLASSES, self.cfg.eval_batch_size, self.rt)

@@ -46,6 +46,10 @@ def check_options(cfg: Mapping[str, Any]) -> None:
     if share > 0 and cfg.get("pseudo_threshold", 0.0) <= 0:
         raise UserError(f"--pseudo_class_share={share} lowers PSEUDO_THRESHOLD for the classes it thins out, but "
                         "the threshold is 0 and keeps everything: set --pseudo_threshold too, e.g. 0.8.")
+    drop = cfg.get("pseudo_feature_drop", 0.0)
+    if not 0 <= drop < 1:
+        raise UserError(f"--pseudo_feature_drop={drop}: the share of encoder feature channels dropped for the "
+                        "perturbed copy of each pseudo-labeled crop, at least 0 (off) and below 1, e.g. 0.5.")
     momentum = cfg.get("pseudo_ema", 0.0)
     if not 0 <= momentum < 1:
         raise UserError(f"--pseudo_ema={momentum}: the momentum of the mean teacher, at least 0 (off) and below 1, "
