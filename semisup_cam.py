@@ -23,6 +23,7 @@ DATA_ROOT = "data/camvid"  # thesis layout: train/, train_labels/, val/, ..., un
 IMAGE_SCALE = 1.0  # resize images (bilinear) and labels (nearest) at load time; 0.5 for CPU runs
 DATA_ON_DEVICE = True  # keep the decoded dataset on the GPU (uint8), so batches never wait for the host
 LABELED_FRACTION = 1.0  # < 1: split protocol, that share of train keeps its labels, the rest is unlabeled
+SPLIT_BY_SEQUENCE = False  # split protocol: labeled images from every sequence in proportion (name before "_")
 SPLIT_FILE = ""  # reuse a split (the split.json of an earlier run)
 MAX_UNLABELED = 0  # cap on unlabeled images for quick runs (0 = all)
 PSEUDO_ROOT = ""  # where train_pseudoIt{i}/ go ("" = DATA_ROOT/unlabeled, as in the thesis)

@@ -25,7 +25,7 @@ from utils.dist import Runtime
 from utils.engine import predict_probs
 from utils.errors import UserError
 from utils.pseudo import MANIFEST, label_frames, pseudo_folder
-from utils.segmentation import read_split_file, split_names
+from utils.segmentation import read_split_file, sequence_of, split_names
 from utils.selftrain import Candidate, SelfTraining
 
 from conftest import TINY_SIZE
@@ -221,6 +221,38 @@ def test_split_names_follows_the_protocol() -> None:
 @pytest.mark.parametrize("fraction, count", [(1 / 2, 184), (1 / 4, 92), (1.0, 367), (0.001, 1)])
 def test_split_names_count_is_the_rounded_fraction(fraction: float, count: int) -> None:
     assert len(split_names(NAMES, fraction, seed=3)[0]) == count
+
+
+CAMVID_SEQUENCES = {"0001TP": 62, "0006R0": 101, "0016E5": 204}  # CamVid's train split
+CAMVID_NAMES = [f"{seq}_{i:05d}.png" for seq, size in CAMVID_SEQUENCES.items() for i in range(size)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_split_by_sequence_gives_every_sequence_its_share(seed: int) -> None:
+    labeled, unlabeled = split_names(CAMVID_NAMES, 1 / 16, seed, by_sequence=True)
+    taken = {seq: sum(name.startswith(seq) for name in labeled) for seq in CAMVID_SEQUENCES}
+    # 23 seats: exact shares 3.89, 6.33, 12.78; the two largest remainders get the leftover seats
+    assert taken == {"0001TP": 4, "0006R0": 6, "0016E5": 13}
+    assert sorted(labeled + unlabeled) == sorted(CAMVID_NAMES) and not set(labeled) & set(unlabeled)
+    assert labeled == sorted(labeled) and unlabeled == sorted(unlabeled)
+    assert split_names(CAMVID_NAMES, 1 / 16, seed, by_sequence=True) == (labeled, unlabeled)
+    assert split_names(CAMVID_NAMES, 1 / 16, seed + 10, by_sequence=True)[0] != labeled
+
+
+@pytest.mark.parametrize("fraction", [1 / 2, 1 / 8, 1 / 16, 0.01, 3 / 367])
+def test_split_by_sequence_quotas_stay_within_one_of_the_exact_share(fraction: float) -> None:
+    for seed in range(20):
+        labeled, _ = split_names(CAMVID_NAMES, fraction, seed, by_sequence=True)
+        assert len(labeled) == max(1, round(fraction * len(CAMVID_NAMES)))
+        for seq, size in CAMVID_SEQUENCES.items():
+            exact = len(labeled) * size / len(CAMVID_NAMES)
+            assert math.floor(exact) <= sum(name.startswith(seq) for name in labeled) <= math.ceil(exact)
+
+
+def test_split_by_sequence_breaks_ties_by_seed() -> None:
+    names = [f"{seq}_{i}.png" for seq in ("a", "b", "c") for i in range(10)]  # 1 seat, equal remainders
+    winners = {sequence_of(split_names(names, 1 / 30, seed, by_sequence=True)[0][0]) for seed in range(30)}
+    assert winners == {"a", "b", "c"}
 
 
 @pytest.mark.parametrize("fraction", [0.0, -0.5, 1.5])

@@ -31,15 +31,51 @@ from utils.records import Run
 from utils.selftrain import Candidate, SelfTraining
 
 
-def split_names(names: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """The split protocol: a seeded `fraction` of the train images keeps its labels, the rest does not."""
+def split_names(names: list[str], fraction: float, seed: int,
+                by_sequence: bool = False) -> tuple[list[str], list[str]]:
+    """The split protocol: a seeded `fraction` of the train images keeps its labels, the rest does not.
+
+    `by_sequence` draws the labeled images from every video sequence in proportion to its share of
+    train. CamVid's train images come from three sequences, one of which (0016E5) is also the whole
+    val split; a plain draw of 23 images can take 18 of them from it, and val then rewards the
+    models that fit that sequence.
+    """
     if not 0 < fraction <= 1:
         raise UserError(f"LABELED_FRACTION={fraction} must be in (0, 1], e.g. 1/8.")
     count = max(1, round(fraction * len(names)))
-    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
-    labeled = sorted(names[i] for i in order[:count])
-    unlabeled = sorted(names[i] for i in order[count:])
+    generator = torch.Generator().manual_seed(seed)
+    if by_sequence:
+        chosen = _stratified_choice([sequence_of(name) for name in names], count, generator)
+    else:
+        chosen = set(torch.randperm(len(names), generator=generator)[:count].tolist())
+    labeled = sorted(name for i, name in enumerate(names) if i in chosen)
+    unlabeled = sorted(name for i, name in enumerate(names) if i not in chosen)
     return labeled, unlabeled
+
+
+def sequence_of(name: str) -> str:
+    """The video sequence of a CamVid file name: 0016E5_07959.png comes from 0016E5."""
+    return name.split("_", 1)[0]
+
+
+def _stratified_choice(groups: list[str], count: int, generator: torch.Generator) -> set[int]:
+    """`count` indices, each group given its proportional quota (largest remainders take the seats
+    left over, ties in random order), its members drawn at random."""
+    members: dict[str, list[int]] = {}
+    for index, group in enumerate(groups):
+        members.setdefault(group, []).append(index)
+    keys = sorted(members)
+    exact = [count * len(members[key]) / len(groups) for key in keys]
+    quotas = [int(share) for share in exact]
+    tie_order = torch.randperm(len(keys), generator=generator).tolist()
+    by_remainder = sorted(range(len(keys)), key=lambda k: (quotas[k] - exact[k], tie_order[k]))
+    for k in by_remainder[: count - sum(quotas)]:
+        quotas[k] += 1
+    chosen: set[int] = set()
+    for key, quota in zip(keys, quotas):
+        order = torch.randperm(len(members[key]), generator=generator)[:quota].tolist()
+        chosen.update(members[key][i] for i in order)
+    return chosen
 
 
 def read_split_file(path: str | Path, names: list[str]) -> tuple[list[str], list[str]]:
@@ -114,7 +150,7 @@ class CamVidSelfTraining(SelfTraining):
         if cfg.split_file:
             labeled, unlabeled = read_split_file(cfg.split_file, train.names)
         else:
-            labeled, unlabeled = split_names(train.names, cfg.labeled_fraction, cfg.seed)
+            labeled, unlabeled = split_names(train.names, cfg.labeled_fraction, cfg.seed, cfg.split_by_sequence)
         if cfg.max_unlabeled > 0:
             unlabeled = unlabeled[: cfg.max_unlabeled]
         if self.rt.is_main:
