@@ -93,10 +93,16 @@ def resolve_device(name: str) -> torch.device:
 
 
 def setup(device_name: str) -> Runtime:
-    """Joins torchrun's process group when launched by torchrun; sets fast CUDA defaults."""
+    """Joins torchrun's process group when launched by torchrun; sets fast CUDA and CPU defaults."""
     device = resolve_device(device_name)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
+    if device.type == "cpu":
+        # Weights of channels that stop getting gradients decay into subnormal floats (14% of a
+        # CamVid teacher's weights after 1200 epochs), and x86 arithmetic on subnormals is many times
+        # slower: CPU epochs took three times as long late in training. Flushing them to zero costs
+        # nothing in accuracy (they are below 1.2e-38). A no-op where the CPU cannot flush.
+        torch.set_flush_denormal(True)
     if device.type == "cuda":
         if world > 1:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
