@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytest
@@ -31,9 +31,12 @@ from data import cifar
 from data.cifar import CIFAR_FOLDER, load_cifar10
 from data.synthetic import make_cifar_like, make_street_scenes
 from models.swiftnet import SwiftNet
+from utils import engine
 from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from utils.dist import Runtime
 from utils.engine import TrainingDiverged
 from utils.errors import UserError
+from utils.records import Run
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -144,6 +147,36 @@ def comparable(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- kill and resume
+
+def saved_epochs_of_a_six_epoch_phase(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, every_s: float) -> list[int]:
+    """Trains a tiny phase validated every third epoch and lists the epoch of each resume checkpoint written."""
+    saved: list[int] = []
+    monkeypatch.setattr(engine, "RESUME_SAVE_EVERY_S", every_s)
+    monkeypatch.setattr(engine, "save_checkpoint",
+                        lambda path, **fields: saved.append(fields["epoch"]) if "last_" in Path(path).name else None)
+
+    def batches(generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        yield torch.rand(2, 3, 4, 4, generator=generator), torch.randint(0, 2, (2, 4, 4), generator=generator)
+
+    phase = engine.Phase(name="teacher", iteration=0, epochs=6, steps_per_epoch=1, batches=batches,
+                         loss_fn=engine.cross_entropy, make_optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+                         lr_min=0.0, seed=0)
+    run = Run(tmp_path / "run", {"run_dir": str(tmp_path / "run"), "resume": True})
+    engine.fit(torch.nn.Conv2d(3, 2, 1), phase, engine.Best(tmp_path / "best.pth.tar", "val_iou"), run,
+               Runtime(torch.device("cpu")), lambda model: (0.0, {}), eval_each=3)
+    return saved
+
+
+def test_short_epochs_write_the_resume_checkpoint_at_evaluations_only(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # the last 6 is the finished phase's slim checkpoint
+    assert saved_epochs_of_a_six_epoch_phase(tmp_path, monkeypatch, every_s=3600) == [3, 6, 6]
+
+
+def test_epochs_longer_than_the_interval_each_write_the_resume_checkpoint(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    assert saved_epochs_of_a_six_epoch_phase(tmp_path, monkeypatch, every_s=0) == [1, 2, 3, 4, 5, 6, 6]
+
 
 def test_a_killed_teacher_resumes_to_the_result_of_an_uninterrupted_run(scenes16: Path, tmp_path: Path) -> None:
     killed, whole = tmp_path / "killed", tmp_path / "whole"
