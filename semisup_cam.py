@@ -55,6 +55,7 @@ PSEUDO_IMAGE_SHARE = 1.0  # < 1: the student learns only from this share of the 
 PSEUDO_TTA = False  # pseudo-labels from softmax averaged over flips and TTA_SCALES
 PSEUDO_SOFT = False  # True: the student matches the teacher's softmax on each crop, not its argmax
 PSEUDO_EMA = 0.0  # > 0: PSEUDO_SOFT's teacher follows the student (STUDENT_INIT="teacher") with this momentum
+PSEUDO_ALIGN = False  # with PSEUDO_SOFT: targets rescaled so their running class mean is the labeled set's
 TTA_SCALES = [0.75, 1.0, 1.25]
 STRONG_AUG = False  # colour jitter, grayscale, blur and CutMix on pseudo-labeled crops
 PSEUDO_FEATURE_DROP = 0.0  # > 0: pseudo-labeled crops also learn from encoder features with this share dropped

@@ -48,6 +48,7 @@ PSEUDO_THRESHOLD = 0.0  # unlabeled images whose teacher confidence is below are
 PSEUDO_CLASS_SHARE = 0.0  # > 0: each predicted class keeps at least this share of its images (threshold lowered)
 PSEUDO_SOFT = False  # True: the student matches the teacher's softmax on each crop, not its argmax
 PSEUDO_EMA = 0.0  # > 0: PSEUDO_SOFT's teacher follows the student (STUDENT_INIT="teacher") with this momentum
+PSEUDO_ALIGN = False  # with PSEUDO_SOFT: targets rescaled so their running class mean is the labeled set's
 STRONG_AUG = False  # colour jitter, grayscale, blur and cutout on pseudo-labeled images
 # Running
 DEVICE = "auto"

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 import torch
 
 from data.synthetic import make_street_scenes
 from utils.dist import Runtime
-from utils.engine import mixed_batches
+from utils.engine import Batch, Phase, cross_entropy, mixed_batches
 
 TINY_SIZE = (64, 48)  # width, height: the smallest scenes that still look like streets
 
@@ -70,3 +70,25 @@ def main_args() -> Callable[..., list[str]]:
         return [f"--{name}={value}" for name, value in settings.items()]
 
     return build
+
+
+class Killed(Exception):
+    """Stands for the process being killed in the middle of an epoch."""
+
+
+def two_epoch_phase(make_batch: Callable[[torch.Generator], Batch], stop_in_epoch: int = 0,
+                    **fields: Any) -> Phase:
+    """A student phase of two epochs of 3 steps of `make_batch` with SGD, killed in epoch `stop_in_epoch` (if
+    any): for tests that a resumed phase ends as an uninterrupted one."""
+    epochs_started = []
+
+    def batches(generator: torch.Generator) -> Iterator[Batch]:
+        epochs_started.append(1)
+        for _ in range(3):
+            if len(epochs_started) == stop_in_epoch:
+                raise Killed
+            yield make_batch(generator)
+
+    return Phase(name="it1_joint", iteration=1, epochs=2, steps_per_epoch=3, batches=batches,
+                 loss_fn=lambda logits, target: cross_entropy(logits, target),
+                 make_optimizer=lambda params: torch.optim.SGD(params, lr=0.5), lr_min=0.0, seed=0, **fields)

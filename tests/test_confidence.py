@@ -20,6 +20,7 @@ from data.classes import IGNORE_INDEX, NUM_CLASSES
 from data.synthetic import make_cifar_like, make_street_scenes
 from utils.confidence import (BINS, class_cutoffs, confidence_histogram, cutoff_confidences, image_reliability,
                               keep_mask, most_reliable)
+from utils.checkpoint import load_checkpoint
 from utils.dist import Runtime
 from utils.engine import mixed_batches
 from utils.errors import UserError
@@ -182,7 +183,7 @@ def test_an_image_share_outside_zero_one_is_refused(tmp_path: Path, main_args: C
 
 EVERY_OPTION = {"student_schedule": "joint", "joint_labeled_share": 0.25, "pseudo_threshold": 0.6,
                 "pseudo_class_share": 0.5, "strong_aug": True, "pseudo_soft": True, "student_init": "teacher",
-                "pseudo_ema": 0.9}
+                "pseudo_ema": 0.9, "pseudo_align": True}
 
 
 def record_batch_shares(monkeypatch: pytest.MonkeyPatch, module: str) -> list[Any]:
@@ -231,3 +232,5 @@ def test_every_cifar_option_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     # An untrained teacher is sure of nothing at 0.99; the class share still keeps half of each class.
     assert 50 <= entry["pseudo_kept_frac"] < 100
     assert shares == [None, [0.25, 0.75]]
+    running = load_checkpoint(tmp_path / "run" / "last_it1_joint.pth.tar")["alignment"]["running"]
+    assert running.shape == (10,) and running.sum().item() == pytest.approx(1.0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -17,8 +17,10 @@ from data.classes import NUM_CLASSES
 from models.swiftnet import swiftnet_rn18
 from utils.checkpoint import load_checkpoint, load_weights
 from utils.dist import Runtime
-from utils.engine import Best, MeanTeacher, Phase, cross_entropy, fit, predict_probs
+from utils.engine import Best, MeanTeacher, Phase, fit, predict_probs
 from utils.records import Run
+
+from conftest import Killed, two_epoch_phase
 
 
 def small_net(seed: int) -> nn.Module:
@@ -44,28 +46,15 @@ def test_the_teacher_moves_towards_the_student_by_one_minus_the_momentum() -> No
             assert torch.equal(after[name], theirs[name])  # num_batches_tracked: copied, not averaged
 
 
-class Stop(Exception):
-    pass
-
-
 def distillation_phase(mean_teacher: MeanTeacher, stop_in_epoch: int = 0) -> Phase:
-    """Two epochs of 3 steps in which the targets are the mean teacher's softmax, so its state steers the run."""
-    epochs_started = []
+    """Targets are the mean teacher's softmax, so its state steers the run."""
 
-    def batches(generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        epochs_started.append(1)
-        for _ in range(3):
-            if len(epochs_started) == stop_in_epoch:
-                raise Stop  # a kill in the middle of this epoch
-            images = torch.rand(4, 3, 6, 6, generator=generator)
-            with torch.no_grad():
-                targets = mean_teacher.model.eval()(images).softmax(1)
-            yield images, targets
+    def batch(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.rand(4, 3, 6, 6, generator=generator)
+        with torch.no_grad():
+            return images, mean_teacher.model.eval()(images).softmax(1)
 
-    return Phase(name="it1_joint", iteration=1, epochs=2, steps_per_epoch=3, batches=batches,
-                 loss_fn=lambda logits, target: cross_entropy(logits, target),
-                 make_optimizer=lambda params: torch.optim.SGD(params, lr=0.5), lr_min=0.0, seed=0,
-                 mean_teacher=mean_teacher)
+    return two_epoch_phase(batch, stop_in_epoch, mean_teacher=mean_teacher)
 
 
 def train(work: Path, stop_in_epoch: int = 0) -> tuple[nn.Module, nn.Module]:
@@ -80,7 +69,7 @@ def train(work: Path, stop_in_epoch: int = 0) -> tuple[nn.Module, nn.Module]:
 
 
 def test_a_resumed_phase_goes_on_with_the_teacher_it_had(tmp_path: Path) -> None:
-    with pytest.raises(Stop):
+    with pytest.raises(Killed):
         train(tmp_path / "killed", stop_in_epoch=2)
     assert load_checkpoint(tmp_path / "killed" / "run" / "last_it1_joint.pth.tar")["epoch"] == 1
     resumed_student, resumed_teacher = train(tmp_path / "killed")

@@ -63,7 +63,8 @@ class CifarSelfTraining(SelfTraining):
         x = translate_flip(images[index].to(self.rt.device, non_blocking=True), 4, generator)
         y = labels[index].to(self.rt.device, non_blocking=True)
         if soft:
-            y = soft_targets(y, len(self.class_names), -100, self.rt, teacher, x)
+            y = soft_targets(y, len(self.class_names), -100, self.rt, teacher, x,
+                             self.alignment if teacher is not None else None)
         if strong:
             x = cutout(photometric(x, generator), 16, generator, CIFAR_MEAN)
         return x, y
@@ -107,6 +108,9 @@ class CifarSelfTraining(SelfTraining):
         """How often the student agrees with its pseudo-labels (the thesis printed this every epoch)."""
         images, labels = self.pseudo
         return {"pseudo_agreement": self._accuracy(model, images[:10000], labels[:10000])}
+
+    def labeled_class_counts(self) -> torch.Tensor:
+        return torch.bincount(self.labeled[1].long().cpu(), minlength=len(self.class_names))
 
     def validate(self, model: nn.Module) -> tuple[float, dict[str, Any]]:
         accuracy = self._accuracy(model, *self.val)

@@ -47,20 +47,64 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int 
     return total / (target != ignore_index).sum().clamp(min=1)
 
 
+class DistributionAlignment:
+    """PSEUDO_ALIGN: ReMixMatch's distribution alignment of the soft targets. Each target is scaled class
+    by class by `prior / running` and renormalised, where `prior` is the labeled set's class frequency
+    and `running` the mean of the teacher's predictions over the last hundred or so pseudo-labeled batches.
+
+    Self-training drifts towards the frequent classes: where sidewalk and road are both plausible, a
+    student that learns the teacher's leaning, and a teacher that follows the student (PSEUDO_EMA),
+    lean further at every step. Holding the targets' class marginal to the labeled set's pulls the
+    rarer class back as soon as the predictions start to lose it. `running` starts at the prior (no
+    correction) and is kept in the phase's checkpoint, so a resumed phase aligns as the whole one did.
+    """
+
+    momentum = 0.99  # the running mean covers about 1 / (1 - momentum) batches
+
+    def __init__(self, class_counts: torch.Tensor, rt: Runtime):
+        counts = class_counts.double() + 1  # a class the labeled crops happen to lack keeps a little weight
+        self.prior = (counts / counts.sum()).float().to(rt.device)
+        self.running = self.prior.clone()
+        self.rt = rt
+
+    @torch.no_grad()
+    def __call__(self, probs: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """`probs` (B,C,...) aligned; `keep` (B,1,...) marks the pixels (or samples) that count."""
+        dims = [d for d in range(probs.ndim) if d != 1]
+        sums = torch.cat([(probs * keep).sum(dims), keep.sum().view(1).to(probs.dtype)])
+        if self.rt.distributed:  # every process aligns by the same mean, that of the whole batch
+            torch.distributed.all_reduce(sums)
+        marginal = sums[:-1] / sums[-1].clamp(min=1)
+        self.running = torch.where(sums[-1] > 0, self.running.lerp(marginal, 1 - self.momentum), self.running)
+        shape = [1] * probs.ndim
+        shape[1] = -1
+        aligned = probs * (self.prior / self.running.clamp(min=1e-6)).view(shape)
+        return aligned / aligned.sum(1, keepdim=True).clamp(min=1e-12)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"running": self.running}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.running = state["running"].to(self.prior.device)
+
+
 def soft_targets(labels: torch.Tensor, num_classes: int, ignore_index: int, rt: Runtime,
-                 teacher: nn.Module | None = None, images: torch.Tensor | None = None) -> torch.Tensor:
+                 teacher: nn.Module | None = None, images: torch.Tensor | None = None,
+                 alignment: DistributionAlignment | None = None) -> torch.Tensor:
     """Class distributions (B,C,...) for PSEUDO_SOFT, all zero where `labels` is ignore.
 
     With a `teacher`, its softmax on these very `images` (the augmented pseudo-labeled crops, before
-    any strong augmentation): the student then learns how sure the teacher is, not only its argmax,
-    as Noisy Student's soft pseudo-labels. Without one, `labels` one-hot, so that labeled crops can
-    share a batch with them.
+    any strong augmentation), aligned by `alignment` if given: the student then learns how sure the
+    teacher is, not only its argmax, as Noisy Student's soft pseudo-labels. Without one, `labels`
+    one-hot, so that labeled crops can share a batch with them.
     """
     keep = (labels != ignore_index).unsqueeze(1)
     if teacher is None:
         distributions = F.one_hot(labels.masked_fill(~keep.squeeze(1), 0), num_classes).movedim(-1, 1).float()
     else:
         distributions = predict_probs(teacher, images, rt).clone()  # a normal tensor, not an inference one
+        if alignment is not None:
+            distributions = alignment(distributions, keep)
     return distributions * keep
 
 
@@ -256,6 +300,8 @@ class Phase:
     monitor: Callable[[nn.Module], dict[str, Any]] | None = None
     # The teacher that follows the model (PSEUDO_EMA); kept in the phase's last checkpoint.
     mean_teacher: MeanTeacher | None = None
+    # The running class mean of PSEUDO_ALIGN, which the batches update; kept in the last checkpoint too.
+    alignment: DistributionAlignment | None = None
     # How a batch becomes logits and their targets (PSEUDO_FEATURE_DROP adds perturbed ones).
     forward: Forward = plain_forward
 
@@ -282,6 +328,16 @@ def _restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _companions(phase: Phase) -> dict[str, Any]:
+    """What the phase's checkpoints keep beside the model: the mean teacher, PSEUDO_ALIGN's running mean."""
+    state: dict[str, Any] = {}
+    if phase.mean_teacher is not None:
+        state["mean_teacher"] = phase.mean_teacher.model.state_dict()
+    if phase.alignment is not None:
+        state["alignment"] = phase.alignment.state_dict()
+    return state
 
 
 # The resume checkpoint holds the optimizer state (141 MB for SwiftNet-RN18 with Adam). Saving it
@@ -320,12 +376,13 @@ def fit(model: nn.Module, phase: Phase, best: Best, run: Run, rt: Runtime,
         best.score, best.epoch = state["best_score"], state["best_epoch"]
         if phase.mean_teacher is not None:
             phase.mean_teacher.model.load_state_dict(state["mean_teacher"])
+        if phase.alignment is not None:
+            phase.alignment.load_state_dict(state["alignment"])
 
     train_model = rt.wrap(model)
     if compile_model:
         train_model = torch.compile(train_model)
     after_step = None if phase.mean_teacher is None else phase.mean_teacher.update
-    teacher_state = {} if phase.mean_teacher is None else {"mean_teacher": phase.mean_teacher.model.state_dict()}
     bar = tqdm(range(start_epoch + 1, phase.epochs + 1), desc=phase.name, initial=start_epoch, total=phase.epochs,
                disable=not rt.is_main, dynamic_ncols=True)
     last_saved = time.monotonic()
@@ -364,7 +421,7 @@ def fit(model: nn.Module, phase: Phase, best: Best, run: Run, rt: Runtime,
                             state_dict=model.state_dict(), optimizer=optimizer.state_dict(),
                             scheduler=scheduler.state_dict(), rng=_rng_state(generator), loss=loss,
                             seconds=seconds, best_score=best.score, best_epoch=best.epoch, config=dict(run.config),
-                            **teacher_state)
+                            **_companions(phase))
         rt.barrier()
     result = {"best_score": best.score, "best_epoch": best.epoch, "epochs": phase.epochs, "loss": loss,
               "seconds": round(seconds, 3)}
@@ -372,9 +429,9 @@ def fit(model: nn.Module, phase: Phase, best: Best, run: Run, rt: Runtime,
     run.mark_done(phase.name, result)
     if rt.is_main:
         # The optimizer state is only needed to resume inside the phase: keep the final weights alone
-        # (and those of the mean teacher, which one may want to evaluate).
+        # (and those of the mean teacher, which one may want to evaluate, and where alignment ended).
         save_checkpoint(last_path, phase=phase.name, iteration=phase.iteration, epoch=phase.epochs,
                         state_dict=model.state_dict(), best_score=best.score, config=dict(run.config),
-                        **teacher_state)
+                        **_companions(phase))
     rt.barrier()
     return result

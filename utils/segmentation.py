@@ -170,7 +170,8 @@ class CamVidSelfTraining(SelfTraining):
         labels = data.labels[index.to(data.labels.device)].to(device, non_blocking=True)
         images, labels = scale_crop_flip(images, labels, self.cfg.crop_size, CAMVID_MEAN, IGNORE_INDEX, generator)
         if soft:
-            labels = soft_targets(labels, NUM_CLASSES, IGNORE_INDEX, self.rt, teacher, images)
+            alignment = self.alignment if teacher is not None else None
+            labels = soft_targets(labels, NUM_CLASSES, IGNORE_INDEX, self.rt, teacher, images, alignment)
         if strong:
             images, labels = cutmix(photometric(images, generator), labels, generator)
         return images, labels
@@ -210,6 +211,10 @@ class CamVidSelfTraining(SelfTraining):
         return self._phase(name, iteration, epochs, lr,
                            [self._source(self.labeled, soft=self.cfg.pseudo_soft), self._pseudo_source()],
                            self.joint_shares, pseudo_last=True)
+
+    def labeled_class_counts(self) -> torch.Tensor:
+        labels = self.labeled.labels
+        return torch.bincount(labels[labels < NUM_CLASSES].long(), minlength=NUM_CLASSES).cpu()
 
     def validate(self, model: nn.Module) -> tuple[float, dict[str, Any]]:
         cm = evaluate(model, self.val.images, self.val.labels, NUM_CLASSES, self.cfg.eval_batch_size, self.rt)

@@ -11,13 +11,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import torch
 from torch import nn
 from tqdm import tqdm
 
 from utils.checkpoint import load_checkpoint, load_weights
 from utils.config import Config, configure, constants_of
 from utils.dist import Runtime, seed_everything, setup, teardown
-from utils.engine import Best, MeanTeacher, Phase, fit
+from utils.engine import Best, DistributionAlignment, MeanTeacher, Phase, fit
 from utils.errors import UserError
 from utils.records import Run, choose_run_dir
 
@@ -54,6 +55,9 @@ def check_options(cfg: Mapping[str, Any]) -> None:
     if not 0 <= momentum < 1:
         raise UserError(f"--pseudo_ema={momentum}: the momentum of the mean teacher, at least 0 (off) and below 1, "
                         "e.g. 0.99.")
+    if cfg.get("pseudo_align") and not cfg.get("pseudo_soft"):
+        raise UserError("--pseudo_align=True aligns the class distribution of PSEUDO_SOFT's targets, the teacher's "
+                        "softmax: set --pseudo_soft=True too (hard pseudo-labels have no distribution to align).")
     if momentum > 0 and not (cfg.get("pseudo_soft") and cfg.get("student_init") == "teacher"):
         raise UserError(f"--pseudo_ema={momentum} moves the teacher that gives PSEUDO_SOFT's targets towards a "
                         "student that started from it: set --pseudo_soft=True and --student_init=teacher (a fresh "
@@ -95,6 +99,8 @@ class SelfTraining:
         self.save_dir = Path(cfg.save_dir)
         # The teacher of the current iteration, kept in memory for PSEUDO_SOFT's targets.
         self.soft_teacher: nn.Module | None = None
+        # The student's PSEUDO_ALIGN, which the pseudo-labeled batches apply to those targets.
+        self.alignment: DistributionAlignment | None = None
 
     # What a task provides.
     def new_model(self) -> nn.Module:
@@ -114,6 +120,10 @@ class SelfTraining:
     def joint_shares(self) -> list[float]:
         """Shares of a joint batch: labeled, pseudo-labeled (JOINT_LABELED_SHARE)."""
         return [self.cfg.joint_labeled_share, 1 - self.cfg.joint_labeled_share]
+
+    def labeled_class_counts(self) -> torch.Tensor:
+        """How many labeled pixels (or images) each class has: PSEUDO_ALIGN's target distribution."""
+        raise NotImplementedError
 
     def validate(self, model: nn.Module) -> tuple[float, dict[str, Any]]:
         raise NotImplementedError
@@ -182,12 +192,14 @@ class SelfTraining:
         best = Best(self.save_dir / f"student_it{iteration}_best.pth.tar", self.metric_key)
         # The phase that learns from pseudo-labels moves the soft teacher along (PSEUDO_EMA).
         mean_teacher = MeanTeacher(self.soft_teacher, model, cfg.pseudo_ema) if cfg.pseudo_ema > 0 else None
+        self.alignment = DistributionAlignment(self.labeled_class_counts(), self.rt) if cfg.pseudo_align else None
+        extras = dict(mean_teacher=mean_teacher, alignment=self.alignment)
         if cfg.student_schedule == "joint":
             self._fit(model, replace(self.joint_phase(f"it{iteration}_joint", iteration, cfg.pseudo_epochs,
-                                                      cfg.finetune_lr), mean_teacher=mean_teacher), best)
+                                                      cfg.finetune_lr), **extras), best)
         else:
             self._fit(model, replace(self.pseudo_phase(f"it{iteration}_pseudo", iteration, cfg.pseudo_epochs,
-                                                       cfg.pseudo_lr), mean_teacher=mean_teacher), best)
+                                                       cfg.pseudo_lr), **extras), best)
             self._fit(model, self.labeled_phase(f"it{iteration}_finetune", iteration, cfg.finetune_epochs,
                                                 cfg.finetune_lr), best)
         return Candidate(f"student_it{iteration}", best.path, best.score)
