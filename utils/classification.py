@@ -63,8 +63,7 @@ class CifarSelfTraining(SelfTraining):
         x = translate_flip(images[index].to(self.rt.device, non_blocking=True), 4, generator)
         y = labels[index].to(self.rt.device, non_blocking=True)
         if soft:
-            y = soft_targets(y, len(self.class_names), -100, self.rt, teacher, x,
-                             self.alignment if teacher is not None else None)
+            y = soft_targets(y, len(self.class_names), -100, self.rt, teacher, x, self.alignment)
         if strong:
             x = cutout(photometric(x, generator), 16, generator, CIFAR_MEAN)
         return x, y

@@ -96,7 +96,7 @@ def soft_targets(labels: torch.Tensor, num_classes: int, ignore_index: int, rt: 
     With a `teacher`, its softmax on these very `images` (the augmented pseudo-labeled crops, before
     any strong augmentation), aligned by `alignment` if given: the student then learns how sure the
     teacher is, not only its argmax, as Noisy Student's soft pseudo-labels. Without one, `labels`
-    one-hot, so that labeled crops can share a batch with them.
+    one-hot (never aligned), so that labeled crops can share a batch with them.
     """
     keep = (labels != ignore_index).unsqueeze(1)
     if teacher is None:

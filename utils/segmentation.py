@@ -170,8 +170,7 @@ class CamVidSelfTraining(SelfTraining):
         labels = data.labels[index.to(data.labels.device)].to(device, non_blocking=True)
         images, labels = scale_crop_flip(images, labels, self.cfg.crop_size, CAMVID_MEAN, IGNORE_INDEX, generator)
         if soft:
-            alignment = self.alignment if teacher is not None else None
-            labels = soft_targets(labels, NUM_CLASSES, IGNORE_INDEX, self.rt, teacher, images, alignment)
+            labels = soft_targets(labels, NUM_CLASSES, IGNORE_INDEX, self.rt, teacher, images, self.alignment)
         if strong:
             images, labels = cutmix(photometric(images, generator), labels, generator)
         return images, labels
