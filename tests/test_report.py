@@ -160,6 +160,67 @@ def test_cifar_runs_are_recognised_by_their_keys(tmp_path: Path) -> None:
     assert "Per-class" not in text and not (run / "per_class_iou.png").exists()
 
 
+def make_scored_run(folder: Path, seed: int, teacher: float, students: list[tuple[float, bool]],
+                    score: str = "miou") -> Path:
+    """A finished run of SEED: its teacher's test score and each iteration's (test score, promoted)."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"seed": seed}))
+    iterations = [{"iteration": i, f"val_{score}": 50.0, f"test_{score}": test, "promoted": promoted}
+                  for i, (test, promoted) in enumerate(students, 1)]
+    (folder / "summary.json").write_text(json.dumps(
+        {"teacher": {f"val_{score}": 50.0, f"test_{score}": teacher}, "iterations": iterations, "finished": True}))
+    return folder
+
+
+def test_the_gap_is_counted_against_the_same_seed_or_the_references_mean(tmp_path: Path) -> None:
+    full = [make_scored_run(tmp_path / f"full_s{s}", s, test, []) for s, test in ((0, 44.0), (1, 42.0))]
+    runs = [make_scored_run(tmp_path / "semi_s0", 0, 38.0, [(41.0, True), (40.0, False)]),  # 3 of a 6-point gap
+            make_scored_run(tmp_path / "semi_s1", 1, 40.0, [(39.5, False)]),  # loses; the loop keeps the teacher
+            make_scored_run(tmp_path / "semi_s4", 4, 40.0, [(41.5, True)]),  # no reference of seed 4: mean 43
+            make_scored_run(tmp_path / "semi_s5", 5, 40.0, [])]  # not that far yet
+    report.main([*map(str, runs), "--out", str(tmp_path / "out"), "--reference", *map(str, full)])
+    text = (tmp_path / "out" / "report.md").read_text()
+
+    rows = table(text, "run")
+    assert rows["semi_s0"] == {"seed": "0", "full labels": "44.00", "teacher": "38.00", "student": "41.00",
+                               "gap closed": "+50%", "end model": "41.00 (iteration 1)", "gap closed (end)": "+50%"}
+    assert rows["semi_s1"]["gap closed"] == "-25%" and rows["semi_s1"]["end model"] == "40.00 (teacher)"
+    assert rows["semi_s1"]["gap closed (end)"] == "+0%"
+    assert rows["semi_s4"]["full labels"] == "43.00" and rows["semi_s4"]["gap closed"] == "+50%"
+    # On the means: full 43, teacher 39.33, student 40.67, end 40.83, so 1.33 and 1.50 of a 3.67-point gap.
+    assert rows["**mean**"] == {"seed": "–", "full labels": "43.00", "teacher": "39.33", "student": "40.67",
+                                "gap closed": "+36%", "end model": "40.83", "gap closed (end)": "+41%"}
+    assert "semi_s5" not in rows and "not tested yet: semi_s5" in text
+    # Gains 3, -0.5 and 1.5: standard deviation 1.76, standard error 1.01.
+    assert "gain +1.33 over their teachers; half the gap is 1.83" in text
+    assert "spread by 1.76 between runs" in text and "±1.01 (standard error)" in text
+    assert text.index("## The gap to full supervision") < text.index("## semi_s0")
+
+
+def test_a_teacher_level_with_full_supervision_has_no_share_of_a_gap(tmp_path: Path) -> None:
+    full = make_scored_run(tmp_path / "full", 0, 90.0, [], score="acc")
+    run = make_scored_run(tmp_path / "semi", 0, 91.0, [(92.0, True)], score="acc")
+    text = report.write_report([run], tmp_path / "out", [full]).read_text()
+    row = table(text, "run")["semi"]
+    assert row["gap closed"] == "–" and row["student"] == "92.00"
+    assert "Test accuracy" in text and "spread by" not in text
+
+
+def test_unusable_references_are_explained(tmp_path: Path) -> None:
+    run = make_scored_run(tmp_path / "semi", 0, 38.0, [(41.0, True)])
+    twins = [make_scored_run(tmp_path / f"full_{i}", 0, 44.0, []) for i in range(2)]
+    with pytest.raises(SystemExit, match="^error: Two reference runs have seed 0"):
+        report.main([str(run), "--reference", *map(str, twins)])
+    untested = tmp_path / "untested"
+    untested.mkdir()
+    (untested / "config.json").write_text(json.dumps({"seed": 0}))
+    with pytest.raises(SystemExit, match="^error: .*untested has no tested model"):
+        report.main([str(run), "--reference", str(untested)])
+    cifar = make_scored_run(tmp_path / "cifar_full", 0, 90.0, [], score="acc")
+    with pytest.raises(SystemExit, match="^error: .*different tasks"):
+        report.main([str(run), "--reference", str(cifar)])
+
+
 # ----------------------------------------------------------------------------- pictures
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,11 @@ resuming, not for reading. This turns one run, or several to compare, into repor
 plots beside it, so results can be looked at and pasted into a thesis without a notebook:
 
     python -m utils.report runs/20240101-120000_cam [more runs ...] [--out DIR]
+    python -m utils.report runs/semi_s0 runs/semi_s1 --reference runs/full_s0 runs/full_s1 --out DIR
+
+With --reference (supervised runs on all the labels), the report also says how much of the gap
+between each run's teacher and full supervision its students close, per run and on the means,
+since that share is what the split protocol is judged by.
 
 CamVid and CIFAR-10 runs are told apart by the keys they recorded. matplotlib is optional: it is
 imported only to draw, and without it the report keeps its tables and says how to get the plots.
@@ -17,6 +22,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import mean, stdev
 from typing import Any, Callable, Iterable, Sequence
 
 from utils.errors import UserError
@@ -203,6 +209,95 @@ def run_section(run: RunRecord) -> str:
     return "\n".join(lines)
 
 
+def end_model(run: RunRecord) -> tuple[str, dict[str, Any]]:
+    """The model the loop ends with: the last promoted student, or the teacher if none was promoted."""
+    promoted = [entry for entry in run.iterations if entry.get("promoted")]
+    if promoted:
+        return f"iteration {promoted[-1].get('iteration')}", promoted[-1]
+    return "teacher", run.teacher
+
+
+def _share(gain: float, gap: float) -> str:
+    """Gain as a share of the gap, or `–` where there is no gap to close (teacher level with or above)."""
+    return f"{100 * gain / gap:+.0f}%" if gap > 0 else MISSING
+
+
+def _runs(count: int) -> str:
+    return f"{count} run" if count == 1 else f"{count} runs"
+
+
+@dataclass(frozen=True)
+class GapRow:
+    label: str
+    seed: Any
+    full: float  # test score of full supervision: the reference of the same seed, else the references' mean
+    teacher: float
+    student: float  # the first iteration's student, the one trained by the teacher under test
+    end: float  # the model the loop ends with
+    end_name: str
+
+
+def gap_rows(runs: Sequence[RunRecord], references: Sequence[RunRecord]) -> list[GapRow]:
+    """One row per run with a tested teacher and student. The gap is counted against the full-label run
+    of the same SEED where there is one; full supervision does not depend on the split, so a run
+    without one is counted against the mean of the references."""
+    key = f"test_{references[0].task.score}"
+    full_by_seed: dict[Any, float] = {}
+    for reference in references:
+        if reference.teacher.get(key) is None:
+            raise UserError(f"{reference.folder} has no tested model to serve as the full-supervision "
+                            "reference: give supervised runs that finished (NO_ITER=0 on all the labels).")
+        seed = reference.config.get("seed")
+        if seed in full_by_seed:
+            raise UserError(f"Two reference runs have seed {seed}: give one full-supervision run per seed.")
+        full_by_seed[seed] = reference.teacher[key]
+    full_mean = mean(list(full_by_seed.values()))
+    rows = []
+    for run in runs:
+        if run.teacher.get(key) is None or not run.iterations or run.iterations[0].get(key) is None:
+            continue
+        end_name, end = end_model(run)
+        seed = run.config.get("seed")
+        rows.append(GapRow(run.label, seed, full_by_seed.get(seed, full_mean), run.teacher[key],
+                           run.iterations[0][key], end[key], end_name))
+    return rows
+
+
+def gap_section(runs: Sequence[RunRecord], references: Sequence[RunRecord]) -> str:
+    """The gap to full supervision that each run's first student, and the model its loop ends with,
+    closes; then the same on the means of the runs, the figure that is robust to a seed's luck."""
+    task = references[0].task
+    rows = gap_rows(runs, references)
+    lines = ["## The gap to full supervision", "",
+             f"Test {task.score_label}. Full supervision is the reference run of the same seed, or the mean "
+             f"of the {_runs(len(references))} given for a seed without one. The student is the first "
+             "iteration's; the end model is what the loop ends with (the last promoted student, or the "
+             "teacher).", ""]
+    left_out = [run.label for run in runs if run.label not in {row.label for row in rows}]
+    if left_out:
+        lines += [f"Left out, as their teacher or first student is not tested yet: {', '.join(left_out)}.", ""]
+    if not rows:
+        return "\n".join(lines)
+    header = ["run", "seed", "full labels", "teacher", "student", "gap closed", "end model", "gap closed (end)"]
+    body = [[row.label, str(row.seed), format_value(row.full), format_value(row.teacher),
+             format_value(row.student), _share(row.student - row.teacher, row.full - row.teacher),
+             f"{format_value(row.end)} ({row.end_name})", _share(row.end - row.teacher, row.full - row.teacher)]
+            for row in rows]
+    full, teacher = mean([r.full for r in rows]), mean([r.teacher for r in rows])
+    student, end = mean([r.student for r in rows]), mean([r.end for r in rows])
+    body.append(["**mean**", MISSING, format_value(full), format_value(teacher), format_value(student),
+                 _share(student - teacher, full - teacher), format_value(end), _share(end - teacher, full - teacher)])
+    lines += [markdown_table(header, body), ""]
+    gains = [row.student - row.teacher for row in rows]
+    summary = (f"On the means of {_runs(len(rows))} the students gain {student - teacher:+.2f} over their "
+               f"teachers; half the gap is {(full - teacher) / 2:.2f}.")
+    if len(gains) > 1:
+        spread = stdev(gains)
+        summary += (f" The gains spread by {spread:.2f} between runs (standard deviation), so their mean is "
+                    f"known to about ±{spread / math.sqrt(len(gains)):.2f} (standard error).")
+    return "\n".join(lines + [summary, ""])
+
+
 # ----------------------------------------------------------------------------- plots
 
 def _matplotlib() -> tuple[Any, Any] | None:
@@ -308,7 +403,8 @@ def plot_pseudo_quality(runs: Sequence[RunRecord], path: Path, mpl: tuple[Any, A
         ax.grid(alpha=0.3)
         if iterations:
             ax.set_xticks(iterations)
-            ax.legend(fontsize=7)
+            if len(unmeasured) < len(run.task.pseudo):
+                ax.legend(fontsize=7)
         else:
             _empty(ax, "no iteration recorded yet")
     _save(figure, path)
@@ -331,10 +427,14 @@ def draw_plots(runs: Sequence[RunRecord], out: Path) -> list[tuple[str, str]] | 
 
 # ----------------------------------------------------------------------------- the report
 
-def render(runs: Sequence[RunRecord], plots: list[tuple[str, str]] | None) -> str:
-    """report.md's text; `plots` are (caption, file name) in the report's folder, None without matplotlib."""
+def render(runs: Sequence[RunRecord], plots: list[tuple[str, str]] | None,
+           references: Sequence[RunRecord] = ()) -> str:
+    """report.md's text; `plots` are (caption, file name) in the report's folder, None without matplotlib;
+    `references` are full-supervision runs to measure the gap against."""
     parts = ["# Self-training report", "", "Scores are percentages; `–` means not measured "
              "(no ground truth for the pseudo-labels, or not reached yet).", ""]
+    if references:
+        parts.append(gap_section(runs, references))
     parts += [run_section(run) for run in runs]
     per_class = per_class_table(runs)
     if per_class:
@@ -348,16 +448,20 @@ def render(runs: Sequence[RunRecord], plots: list[tuple[str, str]] | None) -> st
     return "\n".join(parts)
 
 
-def write_report(run_dirs: Sequence[Path], out: Path) -> Path:
+def write_report(run_dirs: Sequence[Path], out: Path, reference_dirs: Sequence[Path] = ()) -> Path:
     """Reads the runs, draws the plots into `out` and writes `out/report.md`; returns its path."""
     runs = [load_run(Path(folder)) for folder in run_dirs]
     _unique_labels(runs)
+    references = [load_run(Path(folder)) for folder in reference_dirs]
+    if any(reference.task is not run.task for reference in references for run in runs):
+        raise UserError("The reference runs and the runs are of different tasks (CamVid and CIFAR-10): "
+                        "give full-supervision runs of the same task with --reference.")
     try:
         out.mkdir(parents=True, exist_ok=True)
         plots = draw_plots(runs, out)
         path = out / REPORT
         with atomic_open(path, "w") as f:
-            f.write(render(runs, plots))
+            f.write(render(runs, plots, references))
     except OSError as error:
         raise UserError(f"Cannot write the report into {out} ({error.strerror}). Choose a writable "
                         "folder with --out DIR.") from error
@@ -369,6 +473,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories (folders under runs/)")
     parser.add_argument("--out", type=Path, help="folder for report.md and the PNGs (default: the run directory "
                                                  "when there is one; required for several)")
+    parser.add_argument("--reference", nargs="+", type=Path, default=[], metavar="RUN_DIR",
+                        help="supervised runs on all the labels: adds how much of the gap to them each run closes")
     return parser.parse_args(argv)
 
 
@@ -378,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.out is None and len(args.run_dirs) > 1:
             raise UserError(f"{len(args.run_dirs)} run directories given: say where their joint report goes "
                             "with --out DIR.")
-        path = write_report(args.run_dirs, args.out or args.run_dirs[0])
+        path = write_report(args.run_dirs, args.out or args.run_dirs[0], args.reference)
     except UserError as error:
         sys.exit(f"error: {error}")
     print(f"Report: {path}")
