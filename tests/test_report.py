@@ -204,6 +204,7 @@ def test_a_teacher_level_with_full_supervision_has_no_share_of_a_gap(tmp_path: P
     row = table(text, "run")["semi"]
     assert row["gap closed"] == "–" and row["student"] == "92.00"
     assert "Test accuracy" in text and "spread by" not in text
+    assert "gain +1.00 over their teachers; the teachers test level with full supervision or above it" in text
 
 
 def test_unusable_references_are_explained(tmp_path: Path) -> None:

@@ -269,8 +269,8 @@ def gap_section(runs: Sequence[RunRecord], references: Sequence[RunRecord]) -> s
     task = references[0].task
     rows = gap_rows(runs, references)
     lines = ["## The gap to full supervision", "",
-             f"Test {task.score_label}. Full supervision is the reference run of the same seed, or the mean "
-             f"of the {_runs(len(references))} given for a seed without one. The student is the first "
+             f"Test {task.score_label}. Full supervision is the reference run of the same seed or, for a seed "
+             f"without one, the mean of the {_runs(len(references))} given. The student is the first "
              "iteration's; the end model is what the loop ends with (the last promoted student, or the "
              "teacher).", ""]
     left_out = [run.label for run in runs if run.label not in {row.label for row in rows}]
@@ -289,8 +289,9 @@ def gap_section(runs: Sequence[RunRecord], references: Sequence[RunRecord]) -> s
                  _share(student - teacher, full - teacher), format_value(end), _share(end - teacher, full - teacher)])
     lines += [markdown_table(header, body), ""]
     gains = [row.student - row.teacher for row in rows]
-    summary = (f"On the means of {_runs(len(rows))} the students gain {student - teacher:+.2f} over their "
-               f"teachers; half the gap is {(full - teacher) / 2:.2f}.")
+    summary = f"On the means of {_runs(len(rows))} the students gain {student - teacher:+.2f} over their teachers; "
+    summary += (f"half the gap is {(full - teacher) / 2:.2f}." if full > teacher else
+                "the teachers test level with full supervision or above it, so there is no gap to close.")
     if len(gains) > 1:
         spread = stdev(gains)
         summary += (f" The gains spread by {spread:.2f} between runs (standard deviation), so their mean is "
