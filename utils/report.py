@@ -273,7 +273,8 @@ def gap_section(runs: Sequence[RunRecord], references: Sequence[RunRecord]) -> s
              f"without one, the mean of the {_runs(len(references))} given. The student is the first "
              "iteration's; the end model is what the loop ends with (the last promoted student, or the "
              "teacher).", ""]
-    left_out = [run.label for run in runs if run.label not in {row.label for row in rows}]
+    kept = {row.label for row in rows}
+    left_out = [run.label for run in runs if run.label not in kept]
     if left_out:
         lines += [f"Left out, as their teacher or first student is not tested yet: {', '.join(left_out)}.", ""]
     if not rows:
