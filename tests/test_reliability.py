@@ -535,6 +535,29 @@ def test_raising_no_iter_continues_a_finished_run_without_redoing_its_iterations
     assert added and {m["phase"] for m in added} <= {"it2_pseudo", "it2_finetune"}
 
 
+def test_a_run_refuses_its_best_checkpoint_after_another_run_replaced_it(data: Path, tmp_path: Path) -> None:
+    shared = tmp_path / "shared_ckpt"
+    short = dict(save_dir=shared, pseudo_epochs=1, finetune_epochs=1)
+    _cam(data, tmp_path / "a", **short)
+    own_id = read_json(tmp_path / "a" / "run" / "summary.json")["run_id"]
+    assert load_checkpoint(shared / "teacher_best.pth.tar")["run_id"] == own_id
+    _cam(data, tmp_path / "b", **short, seed=1)  # another experiment, the same SAVE_DIR
+    other_id = load_checkpoint(shared / "teacher_best.pth.tar")["run_id"]
+    assert other_id != own_id
+
+    with pytest.raises(UserError, match=f"(?s)teacher_best.pth.tar was written by another run \\(run id {other_id}; "
+                                        f".*is {own_id}\\).*own --save_dir.*--resume=False"):
+        _cam(data, tmp_path / "a", **short, no_iter=1)
+    assert read_json(tmp_path / "a" / "run" / "summary.json")["iterations"] == []
+
+
+def test_a_teacher_checkpoint_of_another_run_is_not_refused(data: Path, tmp_path: Path) -> None:
+    _cam(data, tmp_path / "a")
+    given = tmp_path / "a" / "ckpt" / "teacher_best.pth.tar"
+    _cam(data, tmp_path / "b", teacher_checkpoint=given, no_iter=1, pseudo_epochs=1, finetune_epochs=1)
+    assert [e["iteration"] for e in read_json(tmp_path / "b" / "run" / "summary.json")["iterations"]] == [1]
+
+
 def test_a_finished_run_is_chosen_again_only_for_more_iterations(tmp_path: Path) -> None:
     from utils.records import choose_run_dir
 

@@ -412,7 +412,7 @@ def fit(model: nn.Module, phase: Phase, best: Best, run: Run, rt: Runtime,
                 if rt.is_main:
                     save_checkpoint(best.path, iteration=phase.iteration, epoch=epoch, phase=phase.name,
                                     state_dict=model.state_dict(), optimizer=optimizer.state_dict(),
-                                    **{best.metric: score}, config=dict(run.config))
+                                    **{best.metric: score}, config=dict(run.config), run_id=run.id)
             bar.set_postfix(loss=f"{loss:.3f}", val=f"{score:.2f}", best=f"{best.score:.2f}")
         run.log(**entry)
         if rt.is_main and (evaluated or time.monotonic() - last_saved >= RESUME_SAVE_EVERY_S):

@@ -15,6 +15,7 @@ import datetime
 import json
 import subprocess
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -117,11 +118,18 @@ class Run:
         # Time is spent even when no phase finished: what a killed process spent stays on record.
         self.summary["timings_s"] = dict(earlier.get("timings_s", {}))
         self._clock: tuple[str, float, float] | None = None
+        # Marks the best checkpoints this run writes into SAVE_DIR, which other runs may share; kept for
+        # the run's life, also while no phase has finished, so a resumed run recognises its own files.
+        self.id: str = earlier.get("run_id") or uuid.uuid4().hex[:12]
+        new_id = self.summary.get("run_id") != self.id
+        self.summary["run_id"] = self.id
         # Every code that worked on this run, also on a phase that had not finished when the run stopped.
         versions = self.summary.setdefault("code_versions", list(earlier.get("code_versions", [])))
-        if writer and (version := code_version()) not in versions:
+        new_version = (version := code_version()) not in versions
+        if new_version:
             versions.append(version)
-            self.save_summary()  # now, so the version is on record even if no phase finishes
+        if writer and (new_version or new_id):
+            self.save_summary()  # now, so the version and the id are on record even if no phase finishes
 
     @property
     def progress_path(self) -> Path:
@@ -204,6 +212,18 @@ class Run:
     def save_summary(self) -> None:
         if self.writer:
             write_json(self.summary_path, self.summary)
+
+    def check_own(self, checkpoint: Mapping[str, Any], path: Path) -> None:
+        """Refuses a best checkpoint of this run that another run has since overwritten in the shared SAVE_DIR.
+
+        Checkpoints written before runs had ids carry none and are taken as they are.
+        """
+        written_by = checkpoint.get("run_id")
+        if written_by is not None and written_by != self.id:
+            raise UserError(f"{path} was written by another run (run id {written_by}; this run, {self.folder}, is "
+                            f"{self.id}): a run with the same SAVE_DIR has replaced this run's model. Give runs "
+                            "that overlap their own --save_dir; to train this run's models again, re-run with "
+                            "--resume=False.")
 
     def last_checkpoint(self, phase: str) -> Path:
         return self.folder / f"last_{phase}.pth.tar"

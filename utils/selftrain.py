@@ -87,6 +87,7 @@ class Candidate:
     name: str
     path: Path
     val: float
+    of_this_run: bool = True  # False for TEACHER_CHECKPOINT, which another run wrote
 
 
 class SelfTraining:
@@ -140,8 +141,11 @@ class SelfTraining:
 
     # The loop.
     def model_from(self, candidate: Candidate) -> nn.Module:
+        checkpoint = load_checkpoint(candidate.path)
+        if candidate.of_this_run:
+            self.run.check_own(checkpoint, candidate.path)
         model = self.new_model()
-        load_weights(model, load_checkpoint(candidate.path), candidate.path)
+        load_weights(model, checkpoint, candidate.path)
         return model
 
     def _fresh_model(self, salt: int) -> nn.Module:
@@ -177,9 +181,9 @@ class SelfTraining:
 
     def _given_teacher(self, path: Path) -> Candidate:
         """A teacher from another run, validated here so that promotion compares like with like."""
-        teacher = Candidate("teacher", path, math.nan)
+        teacher = Candidate("teacher", path, math.nan, of_this_run=False)
         score, _ = self.validate(self.model_from(teacher))
-        return Candidate("teacher", path, score)
+        return replace(teacher, val=score)
 
     def new_student(self, iteration: int, teacher: Candidate) -> nn.Module:
         """A fresh model (the thesis), or the teacher's weights, which saves the student relearning
