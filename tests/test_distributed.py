@@ -71,3 +71,28 @@ def test_pseudo_labels_are_complete(two_process_run):
     for name in written:
         with Image.open(tmp / "pseudo" / "train_pseudoIt1" / f"{name}.png") as label:
             assert label.size == (64, 48) and label.mode == "L"
+
+
+def test_the_mean_teacher_scores_as_the_weights_rank_0_saves(tmp_path):
+    """Each process averages its own BatchNorm statistics into the mean teacher; evaluated unsynced,
+    the shards of val would see different models and the logged score would match no checkpoint."""
+    data = make_street_scenes(tmp_path / "data", counts={"train": 16, "val": 6, "test": 6}, unlabeled=10,
+                              size=(64, 48))
+    args = [f"--data_root={data}", "--device=cpu", "--pretrained=False", "--batch_size=4", "--crop_size=32",
+            "--eval_batch_size=4", "--teacher_epochs=1", "--eval_each=1", "--no_iter=1", "--pseudo_epochs=1",
+            "--student_schedule=joint", "--pseudo_soft=True", "--student_init=teacher", "--pseudo_ema=0.5",
+            "--pictures=0", f"--save_dir={tmp_path / 'ckpt'}", f"--run_dir={tmp_path / 'run'}",
+            f"--pseudo_root={tmp_path / 'pseudo'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "semisup_cam.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    (logged,) = [line for line in lines if line["phase"] == "it1_joint"]
+    state = load_checkpoint(tmp_path / "run" / "last_it1_joint.pth.tar")
+    mean_teacher = swiftnet_rn18(NUM_CLASSES)
+    mean_teacher.load_state_dict(state["mean_teacher"])
+    val = load_split(data, "val")
+    cm = evaluate(mean_teacher, val.images, val.labels, NUM_CLASSES, 4, Runtime(torch.device("cpu")))
+    assert cm.miou() == pytest.approx(logged["mean_teacher_score"], abs=1e-9)

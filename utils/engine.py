@@ -401,6 +401,8 @@ def fit(model: nn.Module, phase: Phase, best: Best, run: Run, rt: Runtime,
         entry = {"phase": phase.name, "iteration": phase.iteration, "epoch": epoch, "loss": loss,
                  "lr": scheduler.get_last_lr()[0], "seconds": round(seconds, 3)}
         rt.sync_buffers(model)
+        if phase.mean_teacher is not None:  # it averaged each process's own statistics into its buffers
+            rt.sync_buffers(phase.mean_teacher.model)
         evaluated = epoch % eval_each == 0 or epoch == phase.epochs
         if evaluated:
             score, details = validate(model)
