@@ -24,7 +24,7 @@ from utils.config import Config
 from utils.dist import Runtime
 from utils.engine import predict_probs
 from utils.errors import UserError
-from utils.pseudo import MANIFEST, label_frames, pseudo_folder
+from utils.pseudo import MANIFEST, RELIABILITY, label_frames, pseudo_folder
 from utils.segmentation import read_split_file, sequence_of, split_names
 from utils.selftrain import Candidate, SelfTraining
 
@@ -102,7 +102,7 @@ def test_label_frames_writes_one_png_per_frame_at_the_size_on_disk(tiny_scenes: 
     label_frames(model, frames, folder, {"teacher": "a"}, cpu, IGNORE_INDEX, batch_size=2)
 
     assert sorted(png_files(folder)) == sorted(f"{name}.png" for name in frames.names)
-    assert json.loads((folder / MANIFEST).read_text()) == {"teacher": "a"}
+    assert set(json.loads((folder / MANIFEST).read_text())) == {"teacher", "frame_names_crc32"}
     probs = F.interpolate(predict_probs(model, frames.images, cpu), TINY_SIZE[::-1], mode="bilinear",
                           align_corners=False)
     for k, name in enumerate(frames.names):
@@ -197,10 +197,22 @@ def test_another_identity_clears_the_folder(tmp_path: Path, cpu: Runtime) -> Non
     label_frames(other, frames, tmp_path, {"teacher": "b"}, cpu, IGNORE_INDEX, batch_size=4)
     assert other.images_seen == 4
     assert sorted(png_files(tmp_path)) == [f"{name}.png" for name in frames.names]
-    assert json.loads((tmp_path / MANIFEST).read_text()) == {"teacher": "b"}
+    assert json.loads((tmp_path / MANIFEST).read_text())["teacher"] == "b"
     fresh = tmp_path / "fresh"
     label_frames(PixelModel(1), frames, fresh, {"teacher": "b"}, cpu, IGNORE_INDEX, batch_size=4)
     assert png_files(tmp_path) == png_files(fresh)
+
+
+def test_other_frames_of_the_same_count_clear_the_folder_and_its_reliability(tmp_path: Path, cpu: Runtime) -> None:
+    frames = random_frames(4)
+    label_frames(PixelModel(0), frames, tmp_path, {"teacher": "a"}, cpu, IGNORE_INDEX, batch_size=4, image_share=0.5)
+    renamed = SegmentationSet(frames.images, None, [f"other_{name}" for name in frames.names], frames.source_size)
+    model = PixelModel(0)
+    kept = label_frames(model, renamed, tmp_path, {"teacher": "a"}, cpu, IGNORE_INDEX, batch_size=4, image_share=0.5)
+    assert model.images_seen == 8  # the reliability survey and the labels, both made again
+    assert sorted(png_files(tmp_path)) == sorted(f"{name}.png" for name in renamed.names)
+    assert len(kept) == 2 and set(kept) <= set(renamed.names)
+    assert set(json.loads((tmp_path / RELIABILITY).read_text())["reliability"]) == set(renamed.names)
 
 
 # ----------------------------------------------------------------------------- split protocol
@@ -315,7 +327,7 @@ def test_student_init_fresh_is_new_weights_teacher_is_the_teachers(tmp_path: Pat
     torch.manual_seed(123)
     teacher_model = nn.Linear(4, 3)
     save_checkpoint(tmp_path / "teacher_best.pth.tar", state_dict=teacher_model.state_dict())
-    teacher = Candidate("teacher", tmp_path / "teacher_best.pth.tar", 50.0)
+    teacher = Candidate("teacher", tmp_path / "teacher_best.pth.tar", 50.0, of_this_run=False)
 
     def student(init: str, iteration: int = 1) -> nn.Module:
         return _LinearTask(Config(save_dir=str(tmp_path), student_init=init, seed=0), cpu, run=None).new_student(

@@ -12,6 +12,7 @@ instead of being mixed with new labels.
 from __future__ import annotations
 
 import json
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -88,6 +89,9 @@ def label_frames(model: nn.Module, frames: SegmentationSet, folder: Path, identi
     confidences at full resolution would need gigabytes for the thesis's thousands of frames,
     while a second pass only repeats the prediction.
     """
+    # The folder belongs to these very frames, not only to this many: another split or frame folder with
+    # the same count must not reuse its files or the reliability scores, which are keyed by name.
+    identity = {**identity, "frame_names_crc32": zlib.crc32("\n".join(frames.names).encode())}
     try:
         _write_labels(model, frames, folder, identity, rt, ignore_index, batch_size, threshold, scales, flip,
                       class_share, image_share)
