@@ -29,7 +29,7 @@ MAX_UNLABELED = 0  # cap on unlabeled images for quick runs (0 = all)
 PSEUDO_ROOT = ""  # where train_pseudoIt{i}/ go ("" = DATA_ROOT/unlabeled, as in the thesis)
 # Model and optimisation (the thesis teacher recipe)
 PRETRAINED = True  # ImageNet-initialised encoder (torchvision weights)
-PRETRAINED_PATH = ""  # a local ResNet-18 state dict, for machines without internet
+PRETRAINED_PATH = ""  # with PRETRAINED: a local ResNet-18 state dict instead of the download (no internet)
 BATCH_SIZE = 12
 EVAL_BATCH_SIZE = 8
 CROP_SIZE = 448

@@ -113,8 +113,11 @@ class SwiftNet(nn.Module):
 
 
 def imagenet_encoder(pretrained: bool, pretrained_path: str = "") -> nn.Module:
-    """A ResNet-18, ImageNet-initialised when asked: from a local file, else torchvision's weights."""
+    """A ResNet-18, ImageNet-initialised when `pretrained`: from `pretrained_path` if given (machines
+    without internet), else torchvision's weights. Not `pretrained` is from scratch, whatever the path."""
     encoder = resnet18()
+    if not pretrained:
+        return encoder
     if pretrained_path:
         path = Path(pretrained_path)
         if not path.is_file():
@@ -122,7 +125,7 @@ def imagenet_encoder(pretrained: bool, pretrained_path: str = "") -> nn.Module:
                                     "ResNet-18 state dict (e.g. torchvision's resnet18-f37072fd.pth).")
         state = torch.load(path, map_location="cpu", weights_only=True)
         encoder.load_state_dict(state.get("state_dict", state))
-    elif pretrained:
+    else:
         weights = ResNet18_Weights.IMAGENET1K_V1
         try:
             encoder.load_state_dict(weights.get_state_dict(progress=False))

@@ -71,10 +71,8 @@ def test_the_model_normalises_with_camvid_statistics(model: SwiftNet) -> None:
 
 def test_a_missing_pretrained_path_is_a_clear_error(tmp_path: Path) -> None:
     missing = tmp_path / "missing.pth"
-    with pytest.raises(UserError, match="missing.pth"):
-        imagenet_encoder(pretrained=False, pretrained_path=str(missing))
-    with pytest.raises(UserError, match="does not exist"):
-        imagenet_encoder(pretrained=True, pretrained_path="missing.pth")
+    with pytest.raises(UserError, match=f"PRETRAINED_PATH={missing} does not exist"):
+        imagenet_encoder(pretrained=True, pretrained_path=str(missing))
 
 
 @pytest.mark.parametrize("wrapped", [False, True])
@@ -84,13 +82,15 @@ def test_encoder_weights_load_from_a_local_state_dict(tmp_path: Path, wrapped: b
     path = tmp_path / "resnet18.pth"
     torch.save({"state_dict": source} if wrapped else source, path)
 
-    encoder = imagenet_encoder(pretrained=False, pretrained_path=str(path))
+    encoder = imagenet_encoder(pretrained=True, pretrained_path=str(path))
     for name, tensor in encoder.state_dict().items():
         assert torch.equal(tensor, source[name]), name
 
-    model = swiftnet_rn18(NUM_CLASSES, pretrained=False, pretrained_path=str(path))
+    model = swiftnet_rn18(NUM_CLASSES, pretrained=True, pretrained_path=str(path))
     assert torch.equal(model.stem[0].weight, source["conv1.weight"])
     assert torch.equal(model.stages[3][1].conv2.weight, source["layer4.1.conv2.weight"])
+    scratch = swiftnet_rn18(NUM_CLASSES, pretrained=False, pretrained_path=str(path))
+    assert not torch.equal(scratch.stem[0].weight, source["conv1.weight"])
 
 
 def test_a_fresh_encoder_differs_from_the_local_weights(tmp_path: Path) -> None:

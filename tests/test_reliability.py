@@ -437,7 +437,16 @@ def test_bad_input_stops_with_a_message_naming_the_file_or_constant(
 
 def test_a_pretrained_path_that_does_not_exist_is_a_user_error(data: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="PRETRAINED_PATH"):
-        _cam(data, tmp_path, pretrained_path=tmp_path / "resnet18.pth")
+        _cam(data, tmp_path, pretrained=True, pretrained_path=tmp_path / "resnet18.pth")
+
+
+def test_a_pretrained_path_without_pretrained_stops_before_the_run_directory_records_it(data: Path,
+                                                                                      tmp_path: Path) -> None:
+    weights = tmp_path / "resnet18.pth"
+    weights.write_bytes(b"a state dict")
+    with pytest.raises(UserError, match=r"--pretrained=False trains from scratch: set --pretrained=True"):
+        _cam(data, tmp_path, pretrained=False, pretrained_path=weights)
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_unwritable_pseudo_root_stops_before_the_teacher_trains(data: Path, tmp_path: Path) -> None:

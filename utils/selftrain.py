@@ -55,6 +55,10 @@ def check_options(cfg: Mapping[str, Any]) -> None:
     if not 0 <= momentum < 1:
         raise UserError(f"--pseudo_ema={momentum}: the momentum of the mean teacher, at least 0 (off) and below 1, "
                         "e.g. 0.99.")
+    if cfg.get("pretrained_path") and not cfg.get("pretrained"):
+        raise UserError(f"--pretrained_path={cfg['pretrained_path']} holds ImageNet weights, but --pretrained=False "
+                        "trains from scratch: set --pretrained=True to start from the file, or leave out "
+                        "--pretrained_path.")
     if cfg.get("pseudo_align") and not cfg.get("pseudo_soft"):
         raise UserError("--pseudo_align=True aligns the class distribution of PSEUDO_SOFT's targets, the teacher's "
                         "softmax: set --pseudo_soft=True too (hard pseudo-labels have no distribution to align).")
