@@ -38,6 +38,24 @@ def test_batched_and_per_sample_augmentation_give_the_same_kind_of_batch(scenes)
         assert batch.min() >= -1e-3 and batch.max() <= 255 + 1e-3
 
 
+def test_batched_and_per_sample_augmentation_draw_the_same_label_distribution(scenes):
+    """The speed benchmark compares like with like: over many crops both pipelines see each class, and
+    the padding (ignore) of crops scaled below the crop size, in the same proportions."""
+    image_paths, label_paths, images, labels = scenes
+    crop, index = 64, list(range(6)) * 40
+
+    def shares(batch_labels: torch.Tensor) -> torch.Tensor:
+        counts = torch.bincount(batch_labels.flatten(), minlength=IGNORE_INDEX + 1).double()
+        return counts / counts.sum()
+
+    pil = shares(PilPipeline(image_paths, label_paths, crop).batch(index)[1])
+    ours = shares(scale_crop_flip(images[index], labels[index], crop, CAMVID_MEAN, IGNORE_INDEX,
+                                  torch.Generator().manual_seed(0))[1])
+    assert 0.05 < pil[IGNORE_INDEX] < 0.3  # the scale range does pad some crops
+    assert abs(ours[IGNORE_INDEX] - pil[IGNORE_INDEX]) < 0.04
+    assert (ours - pil).abs().sum() < 0.12
+
+
 def test_batched_evaluation_equals_per_image_evaluation(scenes):
     _, _, images, labels = scenes
     torch.manual_seed(0)

@@ -15,7 +15,6 @@ from PIL import Image
 
 import semisup_cam
 import semisup_cif
-from data.camvid import SegmentationSet
 from data.classes import IGNORE_INDEX, NUM_CLASSES
 from data.synthetic import make_cifar_like, make_street_scenes
 from utils.confidence import (BINS, class_cutoffs, confidence_histogram, cutoff_confidences, image_reliability,

@@ -10,12 +10,11 @@ import pytest
 import torch
 
 import semisup_cam
+from data.classes import NUM_CLASSES
 from models.swiftnet import SwiftNet, swiftnet_rn18
 from utils import segmentation
 from utils.dist import Runtime
 from utils.engine import Source, local_crops, mixed_batches
-
-NUM_CLASSES = 11
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@
 
 A checkpoint is a dict of tensors and plain Python values only (no pickled objects), so loading
 one can never run code. Best checkpoints keep the thesis's fields (`iteration`, `epoch`,
-`state_dict`, `optimizer`, `val_iou` or `val_acc`) plus the run's config; resume checkpoints add
-the scheduler, the gradient scaler and the random states.
+`state_dict`, `optimizer`, `val_iou` or `val_acc`) plus the run's config and id; resume checkpoints
+add the scheduler, the random states and the phase's progress.
 
     python -m utils.checkpoint saved_models/pseudo_cam/teacher_best.pth.tar
 """

@@ -109,7 +109,7 @@ def soft_targets(labels: torch.Tensor, num_classes: int, ignore_index: int, rt: 
 
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator, rt: Runtime) -> torch.Tensor:
-    """A shuffled epoch as (steps, batch_size // world) indices: this process's share of each batch.
+    """A shuffled epoch as (steps, about batch_size / world) indices: this process's share of each batch.
 
     The last incomplete batch is dropped (BatchNorm dislikes tiny batches); a set smaller than one
     batch gives one batch of all of it.
