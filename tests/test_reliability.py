@@ -142,8 +142,8 @@ def progress_of(run: Path) -> dict[str, Any]:
 
 
 def comparable(summary: dict[str, Any]) -> dict[str, Any]:
-    """What a run measured, without the timings."""
-    return {key: value for key, value in summary.items() if key != "timings_s"}
+    """What a run measured, without the timings and the run's own id."""
+    return {key: value for key, value in summary.items() if key not in ("timings_s", "run_id")}
 
 
 # ----------------------------------------------------------------------------- kill and resume
