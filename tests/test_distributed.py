@@ -26,18 +26,23 @@ from utils.engine import evaluate
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ddp")
+def run_two_processes(tmp: Path, *options: str) -> tuple[Path, subprocess.CompletedProcess]:
+    """One iteration of the CamVid loop on generated scenes under `tmp`, by two gloo processes."""
     data = make_street_scenes(tmp / "data", counts={"train": 16, "val": 6, "test": 6}, unlabeled=10, size=(64, 48))
     args = [f"--data_root={data}", "--device=cpu", "--pretrained=False", "--batch_size=4", "--crop_size=32",
-            "--eval_batch_size=4", "--teacher_epochs=2", "--eval_each=1", "--no_iter=1", "--pseudo_epochs=1",
-            "--finetune_epochs=1", "--pictures=0", f"--save_dir={tmp / 'ckpt'}", f"--run_dir={tmp / 'run'}",
-            f"--pseudo_root={tmp / 'pseudo'}"]
+            "--eval_batch_size=4", "--eval_each=1", "--no_iter=1", "--pseudo_epochs=1", "--pictures=0",
+            f"--save_dir={tmp / 'ckpt'}", f"--run_dir={tmp / 'run'}", f"--pseudo_root={tmp / 'pseudo'}", *options]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "semisup_cam.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    return data, done
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    data, done = run_two_processes(tmp, "--teacher_epochs=2", "--finetune_epochs=1")
     return tmp, data, done
 
 
@@ -76,17 +81,8 @@ def test_pseudo_labels_are_complete(two_process_run):
 def test_the_mean_teacher_scores_as_the_weights_rank_0_saves(tmp_path):
     """Each process averages its own BatchNorm statistics into the mean teacher; evaluated unsynced,
     the shards of val would see different models and the logged score would match no checkpoint."""
-    data = make_street_scenes(tmp_path / "data", counts={"train": 16, "val": 6, "test": 6}, unlabeled=10,
-                              size=(64, 48))
-    args = [f"--data_root={data}", "--device=cpu", "--pretrained=False", "--batch_size=4", "--crop_size=32",
-            "--eval_batch_size=4", "--teacher_epochs=1", "--eval_each=1", "--no_iter=1", "--pseudo_epochs=1",
-            "--student_schedule=joint", "--pseudo_soft=True", "--student_init=teacher", "--pseudo_ema=0.5",
-            "--pictures=0", f"--save_dir={tmp_path / 'ckpt'}", f"--run_dir={tmp_path / 'run'}",
-            f"--pseudo_root={tmp_path / 'pseudo'}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "semisup_cam.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    data, _ = run_two_processes(tmp_path, "--teacher_epochs=1", "--student_schedule=joint", "--pseudo_soft=True",
+                                "--student_init=teacher", "--pseudo_ema=0.5")
 
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     (logged,) = [line for line in lines if line["phase"] == "it1_joint"]

@@ -121,11 +121,11 @@ class Run:
         # Marks the best checkpoints this run writes into SAVE_DIR, which other runs may share; kept for
         # the run's life, also while no phase has finished, so a resumed run recognises its own files.
         self.id: str = earlier.get("run_id") or uuid.uuid4().hex[:12]
-        new_id = self.summary.get("run_id") != self.id
+        new_id = earlier.get("run_id") != self.id
         self.summary["run_id"] = self.id
         # Every code that worked on this run, also on a phase that had not finished when the run stopped.
         versions = self.summary.setdefault("code_versions", list(earlier.get("code_versions", [])))
-        new_version = (version := code_version()) not in versions
+        new_version = writer and (version := code_version()) not in versions
         if new_version:
             versions.append(version)
         if writer and (new_version or new_id):
