@@ -30,6 +30,8 @@ PSEUDO_ROOT = ""  # where train_pseudoIt{i}/ go ("" = DATA_ROOT/unlabeled, as in
 # Model and optimisation (the thesis teacher recipe)
 PRETRAINED = True  # ImageNet-initialised encoder (torchvision weights)
 PRETRAINED_PATH = ""  # with PRETRAINED: a local ResNet-18 state dict instead of the download (no internet)
+INIT_CHECKPOINT = ""  # start new models from this SwiftNet (ours or the reference's, any class count), not ImageNet
+NORMALIZATION = "camvid"  # image statistics: "camvid" (measured on train) or "thesis" (its values, to reproduce it)
 BATCH_SIZE = 12
 EVAL_BATCH_SIZE = 8
 CROP_SIZE = 448

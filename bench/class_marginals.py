@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.camvid import SegmentationSet, load_split  # noqa: E402
+from data.camvid import STATISTICS, SegmentationSet, load_split  # noqa: E402
 from data.classes import CLASS_NAMES, NUM_CLASSES  # noqa: E402
 from models.swiftnet import swiftnet_rn18  # noqa: E402
 from utils.checkpoint import load_checkpoint  # noqa: E402
@@ -58,7 +58,7 @@ def main() -> None:
     for spec in args.model:
         label, _, where = spec.partition("=")
         path, _, key = where.partition("#")
-        model = swiftnet_rn18(NUM_CLASSES)
+        model = swiftnet_rn18(NUM_CLASSES, *STATISTICS["camvid"])
         model.load_state_dict(load_checkpoint(path)[key or "state_dict"])
         rows[label] = predicted_mix(model, unlabeled, rt)
     print("| | " + " | ".join(CLASS_NAMES) + " |")

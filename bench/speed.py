@@ -33,15 +33,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TQDM_DISABLE", "1")  # the table is the output; progress bars would bury it
 
 from bench.mask_maker_speed import python_loop, synthetic_masks, time_lut  # noqa: E402
-from data.camvid import load_images, load_labels  # noqa: E402
+from data.camvid import STATISTICS, load_images, load_labels  # noqa: E402
 from data.classes import IGNORE_INDEX, NUM_CLASSES  # noqa: E402
 from data.synthetic import render_street_scene  # noqa: E402
 from data.transforms import scale_crop_flip  # noqa: E402
-from models.swiftnet import CAMVID_MEAN, CAMVID_STD, swiftnet_rn18  # noqa: E402
+from models.swiftnet import swiftnet_rn18  # noqa: E402
 from utils.dist import Runtime, resolve_device  # noqa: E402
 from utils.engine import cross_entropy, evaluate, predict_probs  # noqa: E402
 from utils.io import write_png  # noqa: E402
 from utils.metrics import ConfusionMatrix  # noqa: E402
+
+CAMVID_MEAN, CAMVID_STD = STATISTICS["camvid"]
 
 
 def sync(device: torch.device) -> None:
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         figures["data_samples_per_s"] = timed(lambda: len(ours_batch()[0]), device, repeats * 3)
         figures["data_samples_per_s_baseline"] = timed(lambda: len(pil_batch()[0]), device, repeats)
 
-        model = swiftnet_rn18(NUM_CLASSES).to(device)
+        model = swiftnet_rn18(NUM_CLASSES, CAMVID_MEAN, CAMVID_STD).to(device)
         fast_model = model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 

@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.classes import IGNORE_INDEX, NUM_CLASSES  # noqa: E402
+from data.camvid import STATISTICS  # noqa: E402
 from models.swiftnet import swiftnet_rn18  # noqa: E402
 from utils.checkpoint import load_checkpoint, load_weights  # noqa: E402
 from utils.engine import cross_entropy  # noqa: E402
@@ -33,7 +34,7 @@ def subnormal_share(tensors: list[torch.Tensor]) -> float:
 
 def seconds_per_step(state: dict, path: Path, flush: bool, steps: int, batch: int, crop: int) -> float:
     torch.set_flush_denormal(flush)
-    model = swiftnet_rn18(NUM_CLASSES)
+    model = swiftnet_rn18(NUM_CLASSES, *STATISTICS["camvid"])
     load_weights(model, state, path)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-4)
     optimizer.load_state_dict(state["optimizer"])

@@ -26,6 +26,15 @@ from utils.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
+# The statistics the model normalises with, RGB in [0, 255]. "camvid" describes the data (the 367
+# train images of the SegNet release, 480x360), as SwiftNet's reference normalises with its data
+# set's own statistics also from ImageNet weights; "thesis" keeps the thesis's values, which fit no
+# CamVid split, for exact reproduction.
+STATISTICS = {
+    "camvid": ((105.03, 108.41, 110.33), (78.30, 79.46, 78.34)),
+    "thesis": ((111.376, 63.110, 83.670), (41.608, 54.237, 68.889)),
+}
+
 
 @dataclass
 class SegmentationSet:

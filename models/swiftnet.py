@@ -1,17 +1,16 @@
-"""SwiftNet single-scale with a ResNet-18 encoder (Oršić et al., CVPR 2019).
+"""SwiftNet-RN18, single scale (Oršić et al., CVPR 2019), equal to the reference code
+(github.com/orsic/swiftnet: models/resnet/resnet_single_scale.py, models/util.py, models/semseg.py)
+in structure, initialisation and BatchNorm momenta, so that equal weights give equal logits and
+the reference's checkpoints load through `convert_reference_state_dict`.
 
-The encoder is torchvision's ResNet-18; its four stages give features at strides 4, 8, 16
-and 32. Spatial pyramid pooling widens the receptive field of the stride-32 features, and a
-light upsampling path (one module per skip) brings the result back to stride 4, where a
-logits layer predicts the classes. The decoder is tiny (about 0.6M parameters) because the
-paper's point is that a pretrained encoder and a cheap decoder are enough for real-time
-segmentation.
-
-The model takes images in [0, 255] (uint8 or float) and normalises them itself, so that
-every data path (GPU-resident uint8 tensors, CPU tensors, single images) feeds it the same way.
+A ResNet-18 encoder gives features at strides 4, 8, 16 and 32; spatial pyramid pooling widens the
+receptive field of the last, and a light upsampling path (one module per skip) brings it back to
+stride 4, where a 1x1 logits layer predicts the classes. The model takes images in [0, 255]
+(uint8 or float) and normalises them with the statistics it is given.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
@@ -22,75 +21,84 @@ from torchvision.models import ResNet18_Weights, resnet18
 
 from utils.errors import UserError
 
-# Statistics of CamVid in [0, 255] used by the thesis (RGB).
-CAMVID_MEAN = (111.376, 63.110, 83.670)
-CAMVID_STD = (41.608, 54.237, 68.889)
+DECODER_CH = 128
+SPP_GRIDS = (8, 4, 2)  # the reference is given (8, 4, 2, 1) but builds three levels, so the 1x1 grid is unused
+SPP_BN_MOMENTUM = 0.01 / 2  # the reference's pyramid; every other BatchNorm keeps PyTorch's 0.1
 
 
 class BNReluConv(nn.Sequential):
-    """Pre-activation convolution: SwiftNet's building block throughout the decoder."""
+    """Pre-activation convolution, SwiftNet's building block outside the encoder."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int = 3, bn_momentum: float = 0.1):
-        super().__init__(
-            nn.BatchNorm2d(in_ch, momentum=bn_momentum),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=False),
-        )
+    def __init__(self, in_ch: int, out_ch: int, kernel: int = 3, bn_momentum: float = 0.1, bias: bool = False):
+        super().__init__(OrderedDict(
+            norm=nn.BatchNorm2d(in_ch, momentum=bn_momentum),
+            relu=nn.ReLU(inplace=True),
+            conv=nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=bias),
+        ))
 
 
 class SpatialPyramidPooling(nn.Module):
-    """Average-pools the stride-32 features on grids of several sizes and fuses them.
+    """Average-pools the stride-32 features on grids that keep the image's aspect ratio (8 rows
+    make 8x11 on a 4:3 image), and fuses the levels with the features."""
 
-    Grids keep the image's aspect ratio (a grid of 8 on a 4:3 image is 8x11), as in SwiftNet.
-    """
-
-    def __init__(self, in_ch: int, out_ch: int = 128, grids: Sequence[int] = (8, 4, 2, 1)):
+    def __init__(self, in_ch: int, out_ch: int = DECODER_CH, grids: Sequence[int] = SPP_GRIDS):
         super().__init__()
         self.grids = tuple(grids)
         level_ch = out_ch // len(self.grids)
-        self.bottleneck = BNReluConv(in_ch, out_ch, kernel=1)
-        self.levels = nn.ModuleList(BNReluConv(out_ch, level_ch, kernel=1) for _ in self.grids)
-        self.fuse = BNReluConv(out_ch + level_ch * len(self.grids), out_ch, kernel=1)
+        self.bottleneck = BNReluConv(in_ch, out_ch, 1, SPP_BN_MOMENTUM)
+        self.levels = nn.ModuleList(BNReluConv(out_ch, level_ch, 1, SPP_BN_MOMENTUM) for _ in self.grids)
+        self.fuse = BNReluConv(out_ch + level_ch * len(self.grids), out_ch, 1, SPP_BN_MOMENTUM)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
+        size = x.shape[-2:]
+        aspect = size[1] / size[0]
         x = self.bottleneck(x)
         pyramid = [x]
         for grid, level in zip(self.grids, self.levels):
-            pooled = F.adaptive_avg_pool2d(x, (grid, max(1, round(grid * width / height))))
-            pyramid.append(F.interpolate(level(pooled), (height, width), mode="bilinear", align_corners=False))
+            pooled = F.adaptive_avg_pool2d(x, (grid, max(1, round(aspect * grid))))
+            pyramid.append(F.interpolate(level(pooled), size, mode="bilinear", align_corners=False))
         return self.fuse(torch.cat(pyramid, dim=1))
 
 
 class Upsample(nn.Module):
     """One step of the upsampling path: 1x1 bottleneck on the skip, add, 3x3 blend."""
 
-    def __init__(self, skip_ch: int, ch: int = 128):
+    def __init__(self, skip_ch: int, ch: int = DECODER_CH):
         super().__init__()
-        self.bottleneck = BNReluConv(skip_ch, ch, kernel=1)
-        self.blend = BNReluConv(ch, ch, kernel=3)
+        self.bottleneck = BNReluConv(skip_ch, ch, 1)
+        self.blend_conv = BNReluConv(ch, ch, 3)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         skip = self.bottleneck(skip)
         x = F.interpolate(x, skip.shape[-2:], mode="bilinear", align_corners=False)
-        return self.blend(x + skip)
+        return self.blend_conv(x + skip)
 
 
 class SwiftNet(nn.Module):
-    """SwiftNet-RN18, single scale. `forward` returns logits at the input resolution."""
+    """SwiftNet-RN18, single scale. `forward` returns logits at the input resolution.
 
-    def __init__(self, num_classes: int, encoder: nn.Module | None = None,
-                 mean: Sequence[float] = CAMVID_MEAN, std: Sequence[float] = CAMVID_STD,
-                 decoder_ch: int = 128):
+    The encoder's modules keep torchvision's names (conv1, bn1, layer1..4), so ImageNet weights
+    load by name; the skips are the stages' outputs after their last ReLU, as in the reference.
+    """
+
+    def __init__(self, num_classes: int, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
-        encoder = encoder if encoder is not None else resnet18()
-        self.stem = nn.Sequential(encoder.conv1, encoder.bn1, encoder.relu, encoder.maxpool)
-        self.stages = nn.ModuleList([encoder.layer1, encoder.layer2, encoder.layer3, encoder.layer4])
-        self.spp = SpatialPyramidPooling(512, decoder_ch)
-        self.upsample = nn.ModuleList([Upsample(256, decoder_ch), Upsample(128, decoder_ch), Upsample(64, decoder_ch)])
-        self.logits = BNReluConv(decoder_ch, num_classes, kernel=1)
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        encoder = resnet18()
+        self.conv1, self.bn1, self.relu, self.maxpool = encoder.conv1, encoder.bn1, encoder.relu, encoder.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = encoder.layer1, encoder.layer2, encoder.layer3, encoder.layer4
+        self.spp = SpatialPyramidPooling(512)
+        self.upsample = nn.ModuleList([Upsample(256), Upsample(128), Upsample(64)])
+        # The reference initialises every module of its backbone (encoder, pyramid, upsampling) so;
+        # the logits layer, built outside it, keeps PyTorch's default.
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.constant_(module.weight, 1)
+                nn.init.constant_(module.bias, 0)
+        self.logits = BNReluConv(DECODER_CH, num_classes, 1, bias=True)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor, perturbed: int = 0, feature_drop: float = 0.5) -> torch.Tensor:
         """Logits of `images`; with `perturbed` = k, followed by k more: the last k images decoded again from
@@ -99,9 +107,9 @@ class SwiftNet(nn.Module):
         x = (images.float() - self.mean) / self.std
         if x.is_cuda:  # cuDNN's fastest convolutions (and the bf16 tensor cores) want NHWC
             x = x.contiguous(memory_format=torch.channels_last)
-        x = self.stem(x)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         skips = []
-        for stage in self.stages:
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             x = stage(x)
             skips.append(x)
         if perturbed:
@@ -112,31 +120,59 @@ class SwiftNet(nn.Module):
         return F.interpolate(self.logits(x), images.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def imagenet_encoder(pretrained: bool, pretrained_path: str = "") -> nn.Module:
-    """A ResNet-18, ImageNet-initialised when `pretrained`: from `pretrained_path` if given (machines
-    without internet), else torchvision's weights. Not `pretrained` is from scratch, whatever the path."""
-    encoder = resnet18()
-    if not pretrained:
-        return encoder
+# The reference nests the pyramid one level deeper and names its parts otherwise; everything else
+# has our name once "backbone." is taken off.
+_REFERENCE_SPP = {"spp.spp.spp_bn.": "spp.bottleneck.", "spp.spp.spp_fuse.": "spp.fuse.",
+                  **{f"spp.spp.spp{i}.": f"spp.levels.{i}." for i in range(len(SPP_GRIDS))}}
+# Normalisation statistics the reference keeps as buffers; ours are the run's setting, not weights.
+_REFERENCE_STATISTICS = ("backbone.img_mean", "backbone.img_std", "backbone.img_scale")
+
+
+def convert_reference_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict of the reference SwiftNet (`backbone.conv1...`, `backbone.spp.spp.spp_bn...`,
+    `logits.conv...`) with our names; names that are already ours pass unchanged."""
+    converted = {}
+    for name, tensor in state_dict.items():
+        if name in _REFERENCE_STATISTICS:
+            continue
+        name = name.removeprefix("backbone.")
+        for old, new in _REFERENCE_SPP.items():
+            if name.startswith(old):
+                name = new + name[len(old):]
+        converted[name] = tensor
+    return converted
+
+
+def imagenet_state_dict(pretrained_path: str = "") -> dict[str, torch.Tensor]:
+    """ResNet-18's ImageNet weights: from `pretrained_path` if given (machines without internet),
+    else torchvision's download."""
     if pretrained_path:
         path = Path(pretrained_path)
         if not path.is_file():
             raise UserError(f"PRETRAINED_PATH={pretrained_path} does not exist: point it at a "
-                                    "ResNet-18 state dict (e.g. torchvision's resnet18-f37072fd.pth).")
+                            "ResNet-18 state dict (e.g. torchvision's resnet18-f37072fd.pth).")
         state = torch.load(path, map_location="cpu", weights_only=True)
-        encoder.load_state_dict(state.get("state_dict", state))
-    else:
-        weights = ResNet18_Weights.IMAGENET1K_V1
-        try:
-            encoder.load_state_dict(weights.get_state_dict(progress=False))
-        except Exception as error:  # urllib, SSL and hash errors all mean the same to the user.
-            cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-            raise UserError(
-                f"Could not download the ImageNet weights of ResNet-18 ({error}). Put {weights.url} at {cache}, "
-                "or pass --pretrained_path=FILE with a local state dict, or train from scratch with "
-                "--pretrained=False.") from error
-    return encoder
+        return state.get("state_dict", state)
+    weights = ResNet18_Weights.IMAGENET1K_V1
+    try:
+        return weights.get_state_dict(progress=False)
+    except Exception as error:  # urllib, SSL and hash errors all mean the same to the user.
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        raise UserError(
+            f"Could not download the ImageNet weights of ResNet-18 ({error}). Put {weights.url} at {cache}, "
+            "or pass --pretrained_path=FILE with a local state dict, or train from scratch with "
+            "--pretrained=False.") from error
 
 
-def swiftnet_rn18(num_classes: int, pretrained: bool = False, pretrained_path: str = "") -> SwiftNet:
-    return SwiftNet(num_classes, imagenet_encoder(pretrained, pretrained_path))
+def swiftnet_rn18(num_classes: int, mean: Sequence[float], std: Sequence[float], pretrained: bool = False,
+                  pretrained_path: str = "") -> SwiftNet:
+    """SwiftNet-RN18; its encoder ImageNet-initialised when `pretrained`, else from scratch."""
+    model = SwiftNet(num_classes, mean, std)
+    if pretrained:
+        encoder = {name: tensor for name, tensor in imagenet_state_dict(pretrained_path).items()
+                   if not name.startswith("fc.")}
+        unexpected = model.load_state_dict(encoder, strict=False).unexpected_keys
+        if unexpected:
+            raise UserError(f"PRETRAINED_PATH={pretrained_path} is not a ResNet-18 state dict: it holds "
+                            f"{unexpected[:3]}, which ResNet-18 does not have.")
+    return model

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import semisup_cam
-from data.camvid import load_labels
+from data.camvid import STATISTICS, load_labels
 from data.classes import NUM_CLASSES
 from models.swiftnet import swiftnet_rn18
 from utils.checkpoint import load_checkpoint, load_weights
@@ -135,7 +135,7 @@ def test_a_camvid_student_learns_the_aligned_softmax_of_its_teacher(
     assert not torch.allclose(running, prior)  # the teacher's predictions moved it
 
     cpu = Runtime(torch.device("cpu"))
-    teacher = swiftnet_rn18(NUM_CLASSES, pretrained=False)
+    teacher = swiftnet_rn18(NUM_CLASSES, *STATISTICS["camvid"])
     path = tmp_path / "ckpt" / "teacher_best.pth.tar"
     load_weights(teacher, load_checkpoint(path), path)
     _, (labeled, pseudo) = segmentation_sources

@@ -7,7 +7,10 @@ from bench.speed import PilPipeline, make_dataset
 from data.camvid import load_images, load_labels
 from data.classes import IGNORE_INDEX, NUM_CLASSES
 from data.transforms import scale_crop_flip
-from models.swiftnet import CAMVID_MEAN, CAMVID_STD, swiftnet_rn18
+from data.camvid import STATISTICS
+from models.swiftnet import swiftnet_rn18
+
+CAMVID_MEAN, CAMVID_STD = STATISTICS["camvid"]
 from utils.dist import Runtime
 from utils.engine import evaluate
 from utils.metrics import ConfusionMatrix
@@ -59,7 +62,7 @@ def test_batched_and_per_sample_augmentation_draw_the_same_label_distribution(sc
 def test_batched_evaluation_equals_per_image_evaluation(scenes):
     _, _, images, labels = scenes
     torch.manual_seed(0)
-    model = swiftnet_rn18(NUM_CLASSES).eval()
+    model = swiftnet_rn18(NUM_CLASSES, *STATISTICS["camvid"]).eval()
     batched = evaluate(model, images, labels, NUM_CLASSES, batch_size=4, rt=CPU)
     one_by_one = ConfusionMatrix(NUM_CLASSES)
     with torch.no_grad():

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import semisup_cam
+from data.camvid import STATISTICS
 from models.swiftnet import SwiftNet
 from utils.checkpoint import load_checkpoint, load_weights, parameter_count, save_checkpoint
 from utils.config import configure
@@ -165,9 +166,9 @@ def test_a_damaged_checkpoint_is_a_user_error(tmp_path: Path, tiny_model: nn.Mod
 
 def test_weights_of_another_class_count_are_refused_with_a_reason(tmp_path: Path) -> None:
     path = tmp_path / "eleven.pth.tar"
-    save_checkpoint(path, state_dict=SwiftNet(11).state_dict())
+    save_checkpoint(path, state_dict=SwiftNet(11, *STATISTICS["camvid"]).state_dict())
     with pytest.raises(UserError, match="classes") as error:
-        load_weights(SwiftNet(5), load_checkpoint(path), path)
+        load_weights(SwiftNet(5, *STATISTICS["camvid"]), load_checkpoint(path), path)
     assert "logits" in str(error.value) and str(path) in str(error.value)
 
 

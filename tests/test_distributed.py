@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data.camvid import load_split
+from data.camvid import STATISTICS, load_split
 from data.classes import NUM_CLASSES
 from data.synthetic import make_street_scenes
 from models.swiftnet import swiftnet_rn18
@@ -59,7 +59,7 @@ def test_training_completes_and_records_are_written_once(two_process_run):
 def test_metrics_equal_a_single_process_evaluation(two_process_run):
     tmp, data, _ = two_process_run
     checkpoint = load_checkpoint(tmp / "ckpt" / "teacher_best.pth.tar")
-    model = swiftnet_rn18(NUM_CLASSES)
+    model = swiftnet_rn18(NUM_CLASSES, *STATISTICS["camvid"])
     load_weights(model, checkpoint, "teacher_best")
     val = load_split(data, "val")
     cm = evaluate(model, val.images, val.labels, NUM_CLASSES, 4, Runtime(torch.device("cpu")))
@@ -87,7 +87,7 @@ def test_the_mean_teacher_scores_as_the_weights_rank_0_saves(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     (logged,) = [line for line in lines if line["phase"] == "it1_joint"]
     state = load_checkpoint(tmp_path / "run" / "last_it1_joint.pth.tar")
-    mean_teacher = swiftnet_rn18(NUM_CLASSES)
+    mean_teacher = swiftnet_rn18(NUM_CLASSES, *STATISTICS["camvid"])
     mean_teacher.load_state_dict(state["mean_teacher"])
     val = load_split(data, "val")
     cm = evaluate(mean_teacher, val.images, val.labels, NUM_CLASSES, 4, Runtime(torch.device("cpu")))

@@ -11,6 +11,7 @@ import torch
 
 import semisup_cam
 from data.classes import NUM_CLASSES
+from data.camvid import STATISTICS
 from models.swiftnet import SwiftNet, swiftnet_rn18
 from utils import segmentation
 from utils.dist import Runtime
@@ -20,7 +21,7 @@ from utils.engine import Source, local_crops, mixed_batches
 @pytest.fixture(scope="module")
 def model() -> SwiftNet:
     torch.manual_seed(0)
-    return swiftnet_rn18(NUM_CLASSES).eval()  # running BatchNorm statistics: each image is decoded alone
+    return swiftnet_rn18(NUM_CLASSES, *STATISTICS["camvid"]).eval()  # running BatchNorm statistics: each image is decoded alone
 
 
 def images(batch: int) -> torch.Tensor:

@@ -14,6 +14,7 @@ from torch import nn
 
 import semisup_cam
 from data.classes import NUM_CLASSES
+from data.camvid import STATISTICS
 from models.swiftnet import swiftnet_rn18
 from utils.checkpoint import load_checkpoint, load_weights
 from utils.dist import Runtime
@@ -95,7 +96,7 @@ def test_a_camvid_student_learns_from_the_teacher_that_follows_it(
     assert all("mean_teacher_score" not in m for m in lines if m["phase"] == "teacher")
 
     cpu = Runtime(torch.device("cpu"))
-    first, moved = swiftnet_rn18(NUM_CLASSES, pretrained=False), swiftnet_rn18(NUM_CLASSES, pretrained=False)
+    first, moved = swiftnet_rn18(NUM_CLASSES, *STATISTICS["camvid"]), swiftnet_rn18(NUM_CLASSES, *STATISTICS["camvid"])
     teacher_path, last_path = tmp_path / "ckpt" / "teacher_best.pth.tar", tmp_path / "run" / "last_it1_joint.pth.tar"
     load_weights(first, load_checkpoint(teacher_path), teacher_path)
     moved.load_state_dict(load_checkpoint(last_path)["mean_teacher"])

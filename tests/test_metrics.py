@@ -110,3 +110,13 @@ def test_table_lists_every_class_in_aligned_rows() -> None:
     assert len({len(line) for line in lines[:-1]}) == 1
     assert lines[-2].startswith("mean") and lines[-1].startswith("pixel accuracy")
     assert lines[NUM_CLASSES].split()[1:] == ["-", "-", "-"]  # absent class: no numbers, still aligned
+
+
+@pytest.mark.parametrize("bad", [3, -1, 40000])
+def test_a_prediction_outside_the_classes_is_refused_not_counted_in_another_cell(bad: int) -> None:
+    cm = ConfusionMatrix(3)
+    pred = PRED.clone()
+    pred[0, 0] = bad
+    with pytest.raises(ValueError, match=r"class indices 0\.\.2"):
+        cm.update(TARGET, pred)
+    assert cm.mat.sum() == 0  # nothing of the refused batch was counted

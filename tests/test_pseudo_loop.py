@@ -319,7 +319,7 @@ def test_promotion_rule(tmp_path: Path, cpu: Runtime, student_val: float, always
 
 
 class _LinearTask(SelfTraining):
-    def new_model(self) -> nn.Module:
+    def new_model(self, fresh: bool = False) -> nn.Module:
         return nn.Linear(4, 3)
 
 

@@ -30,6 +30,7 @@ import semisup_cif
 from data import cifar
 from data.cifar import CIFAR_FOLDER, load_cifar10
 from data.synthetic import make_cifar_like, make_street_scenes
+from data.camvid import STATISTICS
 from models.swiftnet import SwiftNet
 from utils import engine
 from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint
@@ -348,8 +349,8 @@ def _offline_cifar(data: Path, work: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
 def _checkpoint_of_5_classes(work: Path) -> None:
     path = work / "five.pth.tar"
-    save_checkpoint(path, state_dict=SwiftNet(5).state_dict())
-    load_weights(SwiftNet(11), load_checkpoint(path), path)
+    save_checkpoint(path, state_dict=SwiftNet(5, *STATISTICS["camvid"]).state_dict())
+    load_weights(SwiftNet(11, *STATISTICS["camvid"]), load_checkpoint(path), path)
 
 
 # (id, act(data, work, monkeypatch), the message must match). `data` is a private tiny CamVid copy.

@@ -13,6 +13,7 @@ from PIL import Image
 
 from data.classes import CLASS_NAMES, COLORS, IGNORE_INDEX
 from data.mask_maker import index_to_colour
+from data.camvid import STATISTICS
 from models.swiftnet import swiftnet_rn18
 from utils import predict, report
 from utils.checkpoint import parameter_count, save_checkpoint
@@ -227,7 +228,7 @@ def test_unusable_references_are_explained(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return swiftnet_rn18(len(CLASS_NAMES))
+    return swiftnet_rn18(len(CLASS_NAMES), *STATISTICS["camvid"])
 
 
 def test_prediction_pictures_show_four_panels(model: torch.nn.Module, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from torch import nn
 import semisup_cam
 from data.classes import IGNORE_INDEX, NUM_CLASSES
 from data.transforms import cutmix
+from data.camvid import STATISTICS
 from models.swiftnet import swiftnet_rn18
 from utils.checkpoint import load_checkpoint, load_weights
 from utils.dist import Runtime
@@ -101,7 +102,7 @@ def test_a_soft_camvid_student_learns_from_its_teachers_softmax(scenes8: Path, t
     assert set(one_hot.unique().tolist()) <= {0.0, 1.0}
 
     cpu = Runtime(torch.device("cpu"))
-    teacher = swiftnet_rn18(NUM_CLASSES, pretrained=False)
+    teacher = swiftnet_rn18(NUM_CLASSES, *STATISTICS["camvid"])
     path = tmp_path / "ckpt" / "teacher_best.pth.tar"
     load_weights(teacher, load_checkpoint(path), path)
     crops, targets = pseudo.augment(torch.arange(pseudo.size), gen(0))

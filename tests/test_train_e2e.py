@@ -99,7 +99,7 @@ def test_best_checkpoint_has_the_thesis_fields_and_loads_weights_only(teacher_ru
     assert checkpoint["epoch"] == teacher_run["summary"]["teacher"]["best_epoch"]
     assert checkpoint["val_iou"] == pytest.approx(teacher_run["summary"]["teacher"]["val_miou"])
     assert checkpoint["config"] == teacher_run["config"]
-    assert checkpoint["state_dict"]["logits.2.weight"].shape[0] == len(CLASS_NAMES)
+    assert checkpoint["state_dict"]["logits.conv.weight"].shape[0] == len(CLASS_NAMES)
     assert "state" in checkpoint["optimizer"] and "param_groups" in checkpoint["optimizer"]
 
 

@@ -73,6 +73,35 @@ def load_weights(model: nn.Module, checkpoint: dict[str, Any], path: str | os.Pa
         raise UserError(f"{path} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}.")
 
 
+def load_fitting(model: nn.Module, state: dict[str, Any], path: str | os.PathLike) -> str:
+    """Loads every tensor of `state` whose name and shape fit `model`; the rest of `model` keeps its fresh
+    weights (a logits layer of another class count, say). Returns a report of what was loaded and what not."""
+    own = model.state_dict()
+    tensors = {name: value for name, value in state.items() if isinstance(value, torch.Tensor)}
+    fitting = {name: value for name, value in tensors.items() if name in own and own[name].shape == value.shape}
+    if not fitting:
+        raise UserError(f"No tensor of {path} fits this model (it holds {len(tensors)} tensors, e.g. "
+                        f"{list(tensors)[:3]}). Give a checkpoint of this model: one of ours, or the reference "
+                        "code's.")
+    model.load_state_dict(fitting, strict=False)
+    groups: dict[str, int] = {}
+    for name in fitting:
+        group = name.split(".")[0]
+        groups[group] = groups.get(group, 0) + 1
+    lines = [f"Initialised from {path}: loaded {len(fitting)} of the model's {len(own)} tensors: "
+             + ", ".join(f"{group} ({count})" for group, count in groups.items())]
+    fresh = [name for name in own if name not in fitting]
+    if fresh:
+        lines.append(f"re-initialised {len(fresh)}:")
+        lines += [f"  {name} {tuple(own[name].shape)}"
+                  + (f", {tuple(tensors[name].shape)} in the file" if name in tensors else ", not in the file")
+                  for name in fresh]
+    unused = [name for name in tensors if name not in own]
+    if unused:
+        lines.append(f"not used, unknown to this model: {', '.join(unused)}")
+    return "\n".join(lines)
+
+
 def parameter_count(state_dict: dict[str, torch.Tensor]) -> int:
     """Learned parameters only: BatchNorm's running statistics and counters are not parameters."""
     skip = ("running_mean", "running_var", "num_batches_tracked")

@@ -54,7 +54,7 @@ class CifarSelfTraining(SelfTraining):
         self.test_set = (data.test_images.to(device), data.test_labels.to(device))
         self.pseudo: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def new_model(self) -> nn.Module:
+    def new_model(self, fresh: bool = False) -> nn.Module:
         return self.rt.prepare(ResNet18(len(self.class_names), self.cfg.width), self.cfg.sync_bn)
 
     def _augmented(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,

@@ -20,8 +20,12 @@ class ConfusionMatrix:
 
     def update(self, target: torch.Tensor, pred: torch.Tensor) -> None:
         """Adds a batch. Ignored targets go to an extra bin that is dropped: boolean indexing would
-        copy the kept pixels and is ten times slower on the CPU; small integers halve the traffic."""
+        copy the kept pixels and is ten times slower on the CPU; small integers halve the traffic.
+        A prediction outside 0..num_classes-1 is refused: it would land in another cell unseen."""
         n = self.num_classes
+        if pred.numel() and bool(((pred < 0) | (pred >= n)).any()):
+            raise ValueError(f"Predictions must be class indices 0..{n - 1}, but range over "
+                             f"{int(pred.min())}..{int(pred.max())}: does the model predict {n} classes?")
         dtype = torch.int16 if (n + 1) ** 2 < 2**15 else torch.int32
         target = target.reshape(-1).to(self.mat.device, dtype)
         pred = pred.reshape(-1).to(self.mat.device, dtype)
@@ -58,6 +62,7 @@ class ConfusionMatrix:
     accuracy = pixel_accuracy  # classification reads the same number as accuracy
 
     def miou(self) -> float:
+        """The mean over the classes present in the truth or the predictions; the others have no IoU."""
         return _nanmean(self.iou())
 
     def summary(self, class_names: Sequence[str]) -> dict:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from data.camvid import decode_image, image_files, image_size
+from data.camvid import STATISTICS, decode_image, image_files, image_size
 from data.classes import NUM_CLASSES
 from data.mask_maker import index_to_colour
 from models.swiftnet import swiftnet_rn18
@@ -38,9 +38,10 @@ from utils.io import write_png
 def load_model(path: Path, rt: Runtime) -> tuple[nn.Module, dict]:
     """The SwiftNet-RN18 of a checkpoint, on the device, and the config it was trained with."""
     checkpoint = load_checkpoint(path)
-    model = swiftnet_rn18(NUM_CLASSES)
+    config = checkpoint.get("config") or {}
+    model = swiftnet_rn18(NUM_CLASSES, *STATISTICS[config.get("normalization", "camvid")])
     load_weights(model, checkpoint, path)
-    return rt.prepare(model).eval(), checkpoint.get("config") or {}
+    return rt.prepare(model).eval(), config
 
 
 def same_size_batches(paths: Sequence[Path], batch_size: int) -> Iterator[tuple[list[Path], tuple[int, int]]]:

@@ -15,10 +15,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from data.camvid import SegmentationSet, load_labels, load_split, load_unlabeled
+from data.camvid import STATISTICS, SegmentationSet, load_labels, load_split, load_unlabeled
 from data.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from data.transforms import cutmix, photometric, scale_crop_flip
-from models.swiftnet import CAMVID_MEAN, swiftnet_rn18
+from models.swiftnet import convert_reference_state_dict, swiftnet_rn18
+from utils.checkpoint import load_checkpoint, load_fitting
 from utils.config import Config
 from utils.dist import Runtime
 from utils.engine import (Batch, Forward, Phase, Source, cross_entropy, evaluate, local_crops, mixed_batches,
@@ -158,9 +159,20 @@ class CamVidSelfTraining(SelfTraining):
         position = {name: i for i, name in enumerate(train.names)}
         return (train.subset([position[n] for n in labeled]), train.subset([position[n] for n in unlabeled]))
 
-    def new_model(self) -> nn.Module:
-        model = swiftnet_rn18(NUM_CLASSES, self.cfg.pretrained, self.cfg.pretrained_path)
-        return self.rt.prepare(model, self.cfg.sync_bn)
+    def new_model(self, fresh: bool = False) -> nn.Module:
+        """A `fresh` model starts from INIT_CHECKPOINT, else from ImageNet (PRETRAINED) or from scratch;
+        the others are about to load a checkpoint of this run."""
+        cfg = self.cfg
+        mean, std = STATISTICS[cfg.normalization]
+        pretrained = fresh and cfg.pretrained and not cfg.init_checkpoint
+        model = swiftnet_rn18(NUM_CLASSES, mean, std, pretrained, cfg.pretrained_path)
+        if fresh and cfg.init_checkpoint:
+            checkpoint = load_checkpoint(cfg.init_checkpoint)
+            state = convert_reference_state_dict(checkpoint.get("state_dict", checkpoint))
+            report = load_fitting(model, state, cfg.init_checkpoint)
+            if self.rt.is_main:
+                tqdm.write(report)
+        return self.rt.prepare(model, cfg.sync_bn)
 
     # Batches: indexing the in-memory tensors, then augmenting on the device in one go.
     def _augmented(self, data: SegmentationSet, index: torch.Tensor, generator: torch.Generator, strong: bool,
@@ -168,7 +180,8 @@ class CamVidSelfTraining(SelfTraining):
         device = self.rt.device
         images = data.images[index.to(data.images.device)].to(device, non_blocking=True)
         labels = data.labels[index.to(data.labels.device)].to(device, non_blocking=True)
-        images, labels = scale_crop_flip(images, labels, self.cfg.crop_size, CAMVID_MEAN, IGNORE_INDEX, generator)
+        images, labels = scale_crop_flip(images, labels, self.cfg.crop_size, STATISTICS[self.cfg.normalization][0],
+                                         IGNORE_INDEX, generator)
         if soft:
             labels = soft_targets(labels, NUM_CLASSES, IGNORE_INDEX, self.rt, teacher, images, self.alignment)
         if strong:

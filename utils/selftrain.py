@@ -24,7 +24,8 @@ from utils.records import Run, choose_run_dir
 
 
 # String constants of the loop and the values they accept; anything else would silently mean the default.
-CHOICES = {"student_schedule": ("staged", "joint"), "student_init": ("fresh", "teacher")}
+CHOICES = {"student_schedule": ("staged", "joint"), "student_init": ("fresh", "teacher"),
+           "normalization": ("camvid", "thesis")}
 
 
 def check_options(cfg: Mapping[str, Any]) -> None:
@@ -59,6 +60,13 @@ def check_options(cfg: Mapping[str, Any]) -> None:
         raise UserError(f"--pretrained_path={cfg['pretrained_path']} holds ImageNet weights, but --pretrained=False "
                         "trains from scratch: set --pretrained=True to start from the file, or leave out "
                         "--pretrained_path.")
+    if cfg.get("init_checkpoint"):
+        if not Path(cfg["init_checkpoint"]).is_file():
+            raise UserError(f"--init_checkpoint={cfg['init_checkpoint']} does not exist: give a SwiftNet checkpoint "
+                            "(one of ours, or a state dict of the reference code).")
+        if cfg.get("pretrained_path"):
+            raise UserError(f"--init_checkpoint={cfg['init_checkpoint']} replaces the ImageNet weights of "
+                            f"--pretrained_path={cfg['pretrained_path']}: leave one of them out.")
     if cfg.get("pseudo_align") and not cfg.get("pseudo_soft"):
         raise UserError("--pseudo_align=True aligns the class distribution of PSEUDO_SOFT's targets, the teacher's "
                         "softmax: set --pseudo_soft=True too (hard pseudo-labels have no distribution to align).")
@@ -108,7 +116,8 @@ class SelfTraining:
         self.alignment: DistributionAlignment | None = None
 
     # What a task provides.
-    def new_model(self) -> nn.Module:
+    def new_model(self, fresh: bool = False) -> nn.Module:
+        """`fresh`: a model to be trained from its initialisation; else one about to load a checkpoint."""
         raise NotImplementedError
 
     def labeled_phase(self, name: str, iteration: int, epochs: int, lr: float) -> Phase:
@@ -155,7 +164,7 @@ class SelfTraining:
     def _fresh_model(self, salt: int) -> nn.Module:
         """Seeded per model, so a resumed run builds the same initial weights as the interrupted one."""
         seed_everything(self.cfg.seed * 1009 + salt)
-        return self.new_model()
+        return self.new_model(fresh=True)
 
     def _fit(self, model: nn.Module, phase: Phase, best: Best) -> dict[str, Any]:
         return fit(model, phase, best, self.run, self.rt, self.validate, self.cfg.eval_each, self.cfg.compile)
