@@ -1,8 +1,9 @@
 """Semi-supervised CIFAR-10 classification by iterative pseudo-labeling (2% of the labels).
 
-The same loop as semisup_cam.py: a ResNet-18 teacher learns from the labeled images, labels the
-rest, a fresh student learns from the pseudo-labels and is fine-tuned on the labels (or learns
-from both at once), and a student that validates better becomes the next teacher.
+The loop of semisup_cam.py: a ResNet-18 teacher learns from the labeled images and labels the rest;
+a student learns from the pseudo-labels and from the labels (one after the other, or mixed in every
+batch); a student that validates better becomes the next teacher. As in the fastest CIFAR-10
+trainers, the uint8 data set lives on the device and batches are indexed and augmented there.
 
     python semisup_cif.py                    # the thesis protocol; downloads CIFAR-10 if online
     python semisup_cif.py --demo             # a synthetic 10-class set, CPU, minutes
@@ -10,12 +11,27 @@ from both at once), and a student that validates better becomes the next teacher
 
 Every constant below can be overridden as --lower_case_name=value.
 """
+import math
 import sys
+from pathlib import Path
+from typing import Any, Iterator
 
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from data.cifar import MEAN, NUM_CLASSES, STD, load_cifar10, split_labeled
 from data.synthetic import make_cifar_like
-from utils.classification import CifarSelfTraining
+from data.transforms import cutout, photometric, translate_flip
+from models.resnet_cifar import ResNet18
+from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from utils.config import Config, check_student_options
+from utils.dist import Runtime, seed_everything, teardown
+from utils.engine import Batch, Best, Candidate, batch_plan, cross_entropy, endless_batches, evaluate, fit, predict_probs
 from utils.errors import UserError
-from utils.selftrain import start_run
+from utils.io import write_json
+from utils.pseudo import MeanTeacher, soft_targets
+from utils.records import Run, iteration_table, start_run
 
 # Data
 DATA_ROOT = "data/cifar"  # holds cifar-10-batches-py/
@@ -45,10 +61,8 @@ JOINT_LABELED_SHARE = 0.5  # "joint": share of each batch taken from the labeled
 STUDENT_INIT = "fresh"  # "fresh": a new model each iteration (thesis); "teacher": the teacher's weights
 PROMOTE_ALWAYS = False  # True: the thesis's behaviour, the student replaces the teacher even when worse
 PSEUDO_THRESHOLD = 0.0  # unlabeled images whose teacher confidence is below are left out
-PSEUDO_CLASS_SHARE = 0.0  # > 0: each predicted class keeps at least this share of its images (threshold lowered)
 PSEUDO_SOFT = False  # True: the student matches the teacher's softmax on each crop, not its argmax
 PSEUDO_EMA = 0.0  # > 0: PSEUDO_SOFT's teacher follows the student (STUDENT_INIT="teacher") with this momentum
-PSEUDO_ALIGN = False  # with PSEUDO_SOFT: targets rescaled so their running class mean is the labeled set's
 STRONG_AUG = False  # colour jitter, grayscale, blur and cutout on pseudo-labeled images
 # Running
 DEVICE = "auto"
@@ -64,19 +78,233 @@ DEMO = dict(DATA_ROOT="data/demo_cifar", SAVE_DIR="saved_models/demo_cifar", LAB
             TEACHER_LR=0.05, PSEUDO_LR=0.05, FINETUNE_LR=0.02, TEACHER_EPOCHS=30, EVAL_EACH=6, NO_ITER=2,
             PSEUDO_EPOCHS=4, FINETUNE_EPOCHS=5)
 
+Images = tuple[torch.Tensor, torch.Tensor]  # uint8 (N,3,32,32) images and their int64 labels
+
 
 def make_demo_data(root: str) -> None:
     make_cifar_like(root, n_train=3000, n_test=500)
 
 
-def main(argv: list[str]) -> None:
-    cfg, rt, run = start_run(globals(), argv, DEMO, "cif", make_demo_data)
-    loop = CifarSelfTraining(cfg, rt, run)
+# ----------------------------------------------------------------------------- data
 
-    teacher = loop.train_teacher()
+def load_data(cfg: Config, rt: Runtime, run: Run) -> tuple[Images, Images, Images, Images]:
+    """Labeled, val, unlabeled (labels kept to measure the pseudo-labels) and test images. Model selection
+    needs labels that training never sees: VAL_SIZE images of the unlabeled part."""
+    data = load_cifar10(cfg.data_root, download=not cfg.demo)
+    labeled, rest = split_labeled(data.train_labels, cfg.labeled_fraction, cfg.balanced_split, cfg.seed)
+    shuffled = rest[torch.randperm(len(rest), generator=torch.Generator().manual_seed(cfg.seed + 1))]
+    val, unlabeled = shuffled[: cfg.val_size].sort().values, shuffled[cfg.val_size :].sort().values
+    if cfg.max_unlabeled > 0:
+        unlabeled = unlabeled[: cfg.max_unlabeled]
+    if rt.is_main:
+        write_json(run.folder / "split.json", {"labeled": labeled.tolist(), "val": val.tolist(),
+                                               "unlabeled": unlabeled.tolist()})
+    device = rt.device if cfg.data_on_device else torch.device("cpu")
+    images, labels = data.train_images.to(device), data.train_labels.to(device)
+    part = [(images[index.to(device)], labels[index.to(device)]) for index in (labeled, val, unlabeled)]
+    return part[0], part[1], part[2], (data.test_images.to(device), data.test_labels.to(device))
+
+
+def crops(data: Images, index: torch.Tensor, generator: torch.Generator, rt: Runtime) -> Batch:
+    """The indexed images, padded by 4, randomly cropped back to 32x32 and flipped, with their labels."""
+    images, labels = data
+    index = index.to(images.device)
+    return (translate_flip(images[index].to(rt.device, non_blocking=True), 4, generator),
+            labels[index].to(rt.device, non_blocking=True))
+
+
+def pseudo_crops(pseudo: Images, index: torch.Tensor, generator: torch.Generator, cfg: Config, rt: Runtime,
+                 teacher: nn.Module | None) -> Batch:
+    """Pseudo-labeled images and their targets: the pseudo-labels, or with PSEUDO_SOFT the teacher's softmax
+    on these very crops; STRONG_AUG then changes colours, blurs and cuts out a square."""
+    images, labels = crops(pseudo, index, generator, rt)
+    if cfg.pseudo_soft:
+        labels = soft_targets(labels, NUM_CLASSES, -100, rt, teacher, images)
+    if cfg.strong_aug:
+        images = cutout(photometric(images, generator), 16, generator, MEAN)
+    return images, labels
+
+
+def labeled_batches(labeled: Images, count: int, steps: int, generator: torch.Generator,
+                    rt: Runtime) -> Iterator[Batch]:
+    ids = endless_batches(len(labeled[0]), count, generator, rt)
+    for _ in range(steps):
+        yield crops(labeled, next(ids), generator, rt)
+
+
+def pseudo_batches(pseudo: Images, count: int, steps: int, generator: torch.Generator, cfg: Config, rt: Runtime,
+                   teacher: nn.Module | None) -> Iterator[Batch]:
+    ids = endless_batches(len(pseudo[0]), count, generator, rt)
+    for _ in range(steps):
+        yield pseudo_crops(pseudo, next(ids), generator, cfg, rt, teacher)
+
+
+def joint_batches(labeled: Images, pseudo: Images, counts: list[int], steps: int, generator: torch.Generator,
+                  cfg: Config, rt: Runtime, teacher: nn.Module | None) -> Iterator[Batch]:
+    """Every batch holds counts[0] labeled images, then counts[1] pseudo-labeled ones; with PSEUDO_SOFT the
+    labels become one-hot distributions, to sit beside the teacher's softmax."""
+    labeled_ids = endless_batches(len(labeled[0]), counts[0], generator, rt)
+    pseudo_ids = endless_batches(len(pseudo[0]), counts[1], generator, rt)
+    for _ in range(steps):
+        images, labels = crops(labeled, next(labeled_ids), generator, rt)
+        if cfg.pseudo_soft:
+            labels = soft_targets(labels, NUM_CLASSES, -100, rt)
+        pseudo_images, pseudo_targets = pseudo_crops(pseudo, next(pseudo_ids), generator, cfg, rt, teacher)
+        yield torch.cat([images, pseudo_images]), torch.cat([labels, pseudo_targets])
+
+
+# ----------------------------------------------------------------------------- models
+
+def fresh_model(cfg: Config, rt: Runtime, salt: int) -> nn.Module:
+    """Seeded per model, so a resumed run builds the same weights as the interrupted one."""
+    seed_everything(cfg.seed * 1009 + salt)
+    return rt.prepare(ResNet18(NUM_CLASSES, MEAN, STD, cfg.width), cfg.sync_bn)
+
+
+def trained_model(candidate: Candidate, cfg: Config, rt: Runtime, run: Run) -> nn.Module:
+    """The weights of a best checkpoint; one of this run's must not have been replaced by another run's."""
+    checkpoint = load_checkpoint(candidate.path)
+    if candidate.of_this_run:
+        run.check_own(checkpoint, candidate.path)
+    model = rt.prepare(ResNet18(NUM_CLASSES, MEAN, STD, cfg.width), cfg.sync_bn)
+    load_weights(model, checkpoint, candidate.path)
+    return model
+
+
+def accuracy(model: nn.Module, data: Images, cfg: Config, rt: Runtime) -> float:
+    return evaluate(model, data[0], data[1], NUM_CLASSES, cfg.eval_batch_size, rt).accuracy()
+
+
+def train(model: nn.Module, phase: str, iteration: int, batches: Any, steps: int, epochs: int, lr: float,
+          best: Best, val: Images, cfg: Config, rt: Runtime, run: Run, mean_teacher: MeanTeacher | None = None,
+          pseudo: Images | None = None) -> dict[str, Any]:
+    """One phase with SGD (Nesterov momentum 0.9) and a cosine schedule to LR_MIN. Phases that learn from
+    `pseudo` also record how often the model agrees with its pseudo-labels, as the thesis printed."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    monitor = None if pseudo is None else \
+        lambda m: {"pseudo_agreement": accuracy(m, (pseudo[0][:10000], pseudo[1][:10000]), cfg, rt)}
+    return fit(model, phase, iteration, batches, steps, epochs, cross_entropy, optimizer, best, lr_min=cfg.lr_min,
+               seed=cfg.seed, validate=lambda m: validate(m, val, cfg, rt),
+               eval_each=cfg.eval_each, run=run, rt=rt, compile_model=cfg.compile, mean_teacher=mean_teacher,
+               monitor=monitor)
+
+
+def validate(model: nn.Module, val: Images, cfg: Config, rt: Runtime) -> tuple[float, dict[str, Any]]:
+    score = accuracy(model, val, cfg, rt)
+    return score, {"val_acc": score}
+
+
+def test(model: nn.Module, test_set: Images, title: str, cfg: Config, rt: Runtime) -> dict[str, Any]:
+    score = accuracy(model, test_set, cfg, rt)
+    if rt.is_main:
+        tqdm.write(f"Test accuracy, {title}: {score:.2f}%")
+    return {"test_acc": score}
+
+
+# ----------------------------------------------------------------------------- pseudo-labels
+
+def pseudo_label(teacher_model: nn.Module, teacher: Candidate, iteration: int, unlabeled: Images, cfg: Config,
+                 rt: Runtime, run: Run) -> tuple[Images, dict[str, Any]]:
+    """The teacher's label and confidence for every unlabeled image, kept in the run directory; returns the
+    images at or above PSEUDO_THRESHOLD with their pseudo-labels, and how good the labels are."""
+    path = run.folder / f"pseudo_it{iteration}.pth.tar"
+    identity = {"teacher": str(teacher.path), "teacher_val": teacher.val}
+    stored = load_checkpoint(path) if path.is_file() else None
+    if stored is None or stored["identity"] != identity:
+        images = unlabeled[0]
+        probs = torch.cat([predict_probs(teacher_model, images[i : i + cfg.eval_batch_size], rt)
+                           for i in range(0, len(images), cfg.eval_batch_size)])
+        confidence, labels = probs.max(1)
+        stored = {"labels": labels.cpu(), "confidence": confidence.cpu(), "identity": identity}
+        if rt.is_main:
+            save_checkpoint(path, **stored)
+    labels, keep = stored["labels"], stored["confidence"] >= cfg.pseudo_threshold
+    images, truth = unlabeled
+    kept = keep.to(images.device)
+    correct = (labels[keep] == truth.cpu()[keep]).float()
+    return (images[kept], labels.to(images.device)[kept]), {
+        "pseudo_acc": float(correct.mean() * 100) if len(correct) else None,
+        "pseudo_all_acc": float((labels == truth.cpu()).float().mean() * 100),
+        "pseudo_kept_frac": float(keep.float().mean() * 100)}
+
+
+# ----------------------------------------------------------------------------- the experiment
+
+def main(argv: list[str]) -> None:
+    cfg, rt, run = start_run(globals(), argv, DEMO, "cif", check_student_options, make_demo_data)
+    labeled, val, unlabeled, test_set = load_data(cfg, rt, run)
+    save_dir = Path(cfg.save_dir)
+
+    # The teacher learns from the labeled images, or is given (TEACHER_CHECKPOINT) to compare students on it.
+    given = Path(cfg.teacher_checkpoint) if cfg.teacher_checkpoint else None
+    if run.summary["teacher"]:  # trained and tested by an earlier process of this run
+        teacher = Candidate("teacher", given or save_dir / "teacher_best.pth.tar", run.summary["teacher"]["val_acc"],
+                            of_this_run=given is None)
+    else:
+        with run.timed("teacher"):
+            if given:
+                teacher = Candidate("teacher", given, math.nan, of_this_run=False)
+                teacher.val = accuracy(trained_model(teacher, cfg, rt, run), val, cfg, rt)
+                best_epoch = load_checkpoint(given).get("epoch")
+            else:
+                best = Best(save_dir / "teacher_best.pth.tar", "val_acc")
+                (count,), steps = batch_plan([len(labeled[0])], cfg.batch_size, rt)
+                result = train(fresh_model(cfg, rt, 0), "teacher", 0,
+                               lambda generator: labeled_batches(labeled, count, steps, generator, rt),
+                               steps, cfg.teacher_epochs, cfg.teacher_lr, best, val, cfg, rt, run)
+                teacher, best_epoch = Candidate("teacher", best.path, best.score), result["best_epoch"]
+            run.summary["teacher"] = {"val_acc": teacher.val, "best_epoch": best_epoch,
+                                      **test(trained_model(teacher, cfg, rt, run), test_set, "teacher", cfg, rt)}
+
     for iteration in range(1, cfg.no_iter + 1):
-        teacher = loop.iterate(teacher, iteration)
-    loop.finish()
+        recorded = {entry["iteration"]: entry for entry in run.summary["iterations"]}
+        if iteration in recorded:  # done by an earlier process of this run
+            if recorded[iteration]["promoted"]:
+                teacher = Candidate(f"student_it{iteration}", save_dir / f"student_it{iteration}_best.pth.tar",
+                                    recorded[iteration]["val_acc"])
+            continue
+        # 1. The teacher labels the unlabeled images.
+        with run.timed(f"it{iteration}_pseudo_label"):
+            teacher_model = trained_model(teacher, cfg, rt, run)
+            pseudo, quality = pseudo_label(teacher_model, teacher, iteration, unlabeled, cfg, rt, run)
+        # 2. A student learns from the pseudo-labels and the labels. With PSEUDO_SOFT the teacher stays to
+        # give every pseudo-labeled image its softmax; with PSEUDO_EMA it follows the student after every step.
+        with run.timed(f"it{iteration}_student"):
+            model = fresh_model(cfg, rt, iteration) if cfg.student_init == "fresh" else \
+                trained_model(teacher, cfg, rt, run)
+            best = Best(save_dir / f"student_it{iteration}_best.pth.tar", "val_acc")
+            soft_teacher = teacher_model if cfg.pseudo_soft else None
+            mean_teacher = MeanTeacher(teacher_model, model, cfg.pseudo_ema) if cfg.pseudo_ema > 0 else None
+            if cfg.student_schedule == "joint":  # one phase of mixed batches, at the rate the labels are learned at
+                shares = [cfg.joint_labeled_share, 1 - cfg.joint_labeled_share]
+                counts, steps = batch_plan([len(labeled[0]), len(pseudo[0])], cfg.batch_size, rt, shares)
+                train(model, f"it{iteration}_joint", iteration,
+                      lambda generator: joint_batches(labeled, pseudo, counts, steps, generator, cfg, rt, soft_teacher),
+                      steps, cfg.pseudo_epochs, cfg.finetune_lr, best, val, cfg, rt, run, mean_teacher, pseudo)
+            else:  # the thesis: the pseudo-labels first, then fine-tuning on the labels
+                (count,), steps = batch_plan([len(pseudo[0])], cfg.batch_size, rt)
+                train(model, f"it{iteration}_pseudo", iteration,
+                      lambda generator: pseudo_batches(pseudo, count, steps, generator, cfg, rt, soft_teacher),
+                      steps, cfg.pseudo_epochs, cfg.pseudo_lr, best, val, cfg, rt, run, mean_teacher, pseudo)
+                (count,), steps = batch_plan([len(labeled[0])], cfg.batch_size, rt)
+                train(model, f"it{iteration}_finetune", iteration,
+                      lambda generator: labeled_batches(labeled, count, steps, generator, rt),
+                      steps, cfg.finetune_epochs, cfg.finetune_lr, best, val, cfg, rt, run)
+            # 3. The student is tested, and teaches the next iteration if it validates better (PROMOTE_ALWAYS:
+            # always, as in the thesis).
+            student = Candidate(f"student_it{iteration}", best.path, best.score)
+            promoted = cfg.promote_always or student.val > teacher.val
+            entry = {"iteration": iteration, "val_acc": student.val,
+                     **test(trained_model(student, cfg, rt, run), test_set, f"student, iteration {iteration}", cfg, rt),
+                     "promoted": promoted, "teacher": teacher.name, **quality}
+        teacher = student if promoted else teacher
+        run.summary["iterations"].append(entry)
+        run.summary["current_teacher"] = str(teacher.path)
+        run.save_summary()
+        if rt.is_main:
+            tqdm.write(iteration_table(run.summary, "acc"))
+    run.finish(rt.is_main)
+    teardown()
 
 
 if __name__ == "__main__":

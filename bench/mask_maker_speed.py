@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.classes import COLORS, IGNORE_INDEX  # noqa: E402
+from data.camvid import COLOURS, IGNORE_INDEX  # noqa: E402
 from data.mask_maker import (ORIGINAL_CLASSES, colour_to_index, convert_file,  # noqa: E402
                              read_colour_mask)
 from utils.io import write_png  # noqa: E402
@@ -49,7 +49,7 @@ def real_masks(folder: Path, count: int) -> list[np.ndarray]:
 
 def python_loop(rgb: np.ndarray) -> np.ndarray:
     """The thesis's way: every pixel compared with each class colour in turn, in Python."""
-    colours = [np.array(colour, dtype=np.uint8) for colour in COLORS[:IGNORE_INDEX]]
+    colours = [np.array(colour, dtype=np.uint8) for colour in COLOURS[:IGNORE_INDEX]]
     height, width, _ = rgb.shape
     out = np.full((height, width), IGNORE_INDEX, dtype=np.uint8)
     for y in range(height):

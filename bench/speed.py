@@ -33,8 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TQDM_DISABLE", "1")  # the table is the output; progress bars would bury it
 
 from bench.mask_maker_speed import python_loop, synthetic_masks, time_lut  # noqa: E402
-from data.camvid import STATISTICS, load_images, load_labels  # noqa: E402
-from data.classes import IGNORE_INDEX, NUM_CLASSES  # noqa: E402
+from data.camvid import IGNORE_INDEX, NUM_CLASSES, STATISTICS, load_images, load_labels  # noqa: E402
 from data.synthetic import render_street_scene  # noqa: E402
 from data.transforms import scale_crop_flip  # noqa: E402
 from models.swiftnet import swiftnet_rn18  # noqa: E402

@@ -19,8 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.classes import IGNORE_INDEX, NUM_CLASSES  # noqa: E402
-from data.camvid import STATISTICS  # noqa: E402
+from data.camvid import IGNORE_INDEX, NUM_CLASSES, STATISTICS  # noqa: E402
 from models.swiftnet import swiftnet_rn18  # noqa: E402
 from utils.checkpoint import load_checkpoint, load_weights  # noqa: E402
 from utils.engine import cross_entropy  # noqa: E402

@@ -1,16 +1,18 @@
-"""CamVid in the thesis layout, decoded once into uint8 tensors.
+"""CamVid: its class table, colours and statistics, the thesis layout decoded once into uint8
+tensors, and the split protocol of semi-supervised segmentation.
 
     DATA_ROOT/{train,val,test}/NAME.png        RGB images (PNG or JPEG)
     DATA_ROOT/{train,val,test}_labels/NAME.png single-channel class indices (0..10, 11 = Void)
     DATA_ROOT/unlabeled/train/NAME.png         unlabeled video frames
 
-Every image is decoded a single time, in parallel threads (PIL releases the GIL while
-decoding), resized by `scale` and stacked into one (N,3,H,W) uint8 tensor; training batches are
-then made by indexing, on the CPU or on the GPU. Bad input is reported here, with the file
-name and the fix, before any training starts.
+Every image is decoded a single time, in parallel threads (PIL releases the GIL while decoding),
+resized by `scale` and stacked into one (N,3,H,W) uint8 tensor; training batches are then made by
+indexing, on the CPU or on the GPU. Bad input is reported here, with the file name and the fix,
+before any training starts.
 """
 from __future__ import annotations
 
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,8 +23,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data.classes import IGNORE_INDEX
 from utils.errors import UserError
+
+CLASS_NAMES: tuple[str, ...] = (
+    "Building", "Tree", "Sky", "Car", "SignSymbol", "Road",
+    "Pedestrian", "Fence", "Column_Pole", "Sidewalk", "Bicyclist",
+)
+NUM_CLASSES: int = len(CLASS_NAMES)
+IGNORE_INDEX: int = 11  # Void: excluded from the loss and the metrics.
+# Official CamVid colours (label_colors.txt) of the 11 classes, then Void.
+COLOURS: tuple[tuple[int, int, int], ...] = (
+    (128, 0, 0), (128, 128, 0), (128, 128, 128), (64, 0, 128), (192, 128, 128), (128, 64, 128),
+    (64, 64, 0), (64, 64, 128), (192, 192, 128), (0, 0, 192), (0, 128, 192),
+    (0, 0, 0),
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -195,3 +209,66 @@ def load_unlabeled(folder: str | Path, scale: float = 1.0, limit: int = 0) -> Se
     if limit > 0:
         paths = paths[:limit]
     return SegmentationSet(load_images(paths, scale), None, [p.stem for p in paths], image_size(paths[0]))
+
+
+def split_names(names: list[str], fraction: float, seed: int,
+                by_sequence: bool = False) -> tuple[list[str], list[str]]:
+    """The split protocol: a seeded `fraction` of the train images keeps its labels, the rest does not.
+
+    `by_sequence` draws the labeled images from every video sequence in proportion to its share of
+    train. CamVid's train images come from three sequences, one of which (0016E5) is also the whole
+    val split; a plain draw of 23 images can take 18 of them from it, and val then rewards the
+    models that fit that sequence.
+    """
+    if not 0 < fraction <= 1:
+        raise UserError(f"LABELED_FRACTION={fraction} must be in (0, 1], e.g. 1/8.")
+    count = max(1, round(fraction * len(names)))
+    generator = torch.Generator().manual_seed(seed)
+    if by_sequence:
+        chosen = _stratified_choice([sequence_of(name) for name in names], count, generator)
+    else:
+        chosen = set(torch.randperm(len(names), generator=generator)[:count].tolist())
+    labeled = sorted(name for i, name in enumerate(names) if i in chosen)
+    unlabeled = sorted(name for i, name in enumerate(names) if i not in chosen)
+    return labeled, unlabeled
+
+
+def sequence_of(name: str) -> str:
+    """The video sequence of a CamVid file name: 0016E5_07959.png comes from 0016E5."""
+    return name.split("_", 1)[0]
+
+
+def _stratified_choice(groups: list[str], count: int, generator: torch.Generator) -> set[int]:
+    """`count` indices, each group given its proportional quota (largest remainders take the seats
+    left over, ties in random order), its members drawn at random."""
+    members: dict[str, list[int]] = {}
+    for index, group in enumerate(groups):
+        members.setdefault(group, []).append(index)
+    keys = sorted(members)
+    exact = [count * len(members[key]) / len(groups) for key in keys]
+    quotas = [int(share) for share in exact]
+    tie_order = torch.randperm(len(keys), generator=generator).tolist()
+    by_remainder = sorted(range(len(keys)), key=lambda k: (quotas[k] - exact[k], tie_order[k]))
+    for k in by_remainder[: count - sum(quotas)]:
+        quotas[k] += 1
+    chosen: set[int] = set()
+    for key, quota in zip(keys, quotas):
+        order = torch.randperm(len(members[key]), generator=generator)[:quota].tolist()
+        chosen.update(members[key][i] for i in order)
+    return chosen
+
+
+def read_split_file(path: str | Path, names: list[str]) -> tuple[list[str], list[str]]:
+    try:
+        split = json.loads(Path(path).read_text())
+        labeled, unlabeled = list(split["labeled"]), list(split["unlabeled"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise UserError(f"SPLIT_FILE={path} cannot be read ({error}); it must be JSON with 'labeled' and "
+                        "'unlabeled' lists of file names, like the split.json of a run directory.") from error
+    if not labeled:
+        raise UserError(f"SPLIT_FILE={path} lists no labeled images: the teacher needs some.")
+    unknown = sorted(set(labeled + unlabeled) - set(names))
+    if unknown or set(labeled) & set(unlabeled):
+        raise UserError(f"SPLIT_FILE={path} does not fit the train images: unknown names {unknown[:3]}, "
+                        f"{len(set(labeled) & set(unlabeled))} names both labeled and unlabeled.")
+    return labeled, unlabeled

@@ -3,7 +3,7 @@
 torchvision's CIFAR10 class verifies MD5 sums, so it would reject the synthetic stand-in that
 the tests and the demo generate in the same format; this reader loads both and checks what it
 reads, so a truncated or foreign file fails with its name instead of deep inside training.
-Images stay uint8 because the model owns the normalisation.
+Images stay uint8: the model normalises them with MEAN and STD.
 """
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ from utils.errors import UserError
 CIFAR_CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )
+MEAN = (125.31, 122.95, 113.87)  # of the 50k train images, RGB in [0, 255]
+STD = (62.99, 62.09, 66.70)
+NUM_CLASSES = len(CIFAR_CLASSES)
 CIFAR_FOLDER = "cifar-10-batches-py"
 TRAIN_FILES: tuple[str, ...] = tuple(f"data_batch_{k}" for k in range(1, 6))
 TEST_FILE = "test_batch"

@@ -26,13 +26,14 @@ from tqdm import tqdm
 if __package__ in (None, ""):  # run as `python data/mask_maker.py`: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.classes import CLASS_NAMES, COLORS, IGNORE_INDEX  # noqa: E402
+from data.camvid import CLASS_NAMES, COLOURS, IGNORE_INDEX  # noqa: E402
 from utils.io import write_png  # noqa: E402
+from utils.pictures import colourise  # noqa: E402
 
 VOID = "Void"
 
 # CamVid's 32 original classes (label_colors.txt): name -> (RGB, class of the 11 it joins).
-# This is the standard SegNet grouping; the target names are those of data/classes.py.
+# This is the standard SegNet grouping; the target names are those of data/camvid.py.
 ORIGINAL_CLASSES: dict[str, tuple[tuple[int, int, int], str]] = {
     "Building": ((128, 0, 0), "Building"),
     "Bridge": ((0, 128, 64), "Building"),
@@ -86,7 +87,7 @@ def _pack(rgb: np.ndarray) -> np.ndarray:
 def _palette(eleven_only: bool) -> dict[tuple[int, int, int], int]:
     """Colour -> index; the thesis's own converter knew only the 11 class colours and Void."""
     if eleven_only:
-        return {colour: index for index, colour in enumerate(COLORS)}
+        return {colour: index for index, colour in enumerate(COLOURS)}
     return {rgb: class_index(target) for rgb, target in ORIGINAL_CLASSES.values()}
 
 
@@ -102,7 +103,7 @@ def _lookup_table(eleven_only: bool) -> np.ndarray:
 def colour_to_index(rgb: np.ndarray, eleven_only: bool = False) -> tuple[np.ndarray, int]:
     """Map an (H,W,3) uint8 colour mask to (index mask uint8, number of unknown-colour pixels).
 
-    With eleven_only, only the 11 class colours of data/classes.py and Void's black are known
+    With eleven_only, only the 11 class colours of data/camvid.py and Void's black are known
     (the thesis's behaviour): the other 21 official colours become Void and count as unknown.
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
@@ -116,15 +117,9 @@ def colour_to_index(rgb: np.ndarray, eleven_only: bool = False) -> tuple[np.ndar
 
 
 def index_to_colour(index: np.ndarray) -> np.ndarray:
-    """Colour an index mask with data/classes.COLORS so people can look at it.
-
-    Values that are no class (255 padding, -1) are drawn in Void's colour, matching how the
-    project treats them everywhere else, instead of failing on a picture.
-    """
-    index = np.asarray(index)
-    palette = np.asarray(COLORS, dtype=np.uint8)
-    known = (index >= 0) & (index < len(palette))
-    return palette[np.where(known, index, IGNORE_INDEX)]
+    """Colour an index mask with CamVid's colours so people can look at it; values that are no class
+    (255 padding, -1) are drawn in Void's colour instead of failing on a picture."""
+    return colourise(index, COLOURS)
 
 
 def output_name(label_path: Path) -> str:

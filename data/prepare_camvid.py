@@ -29,7 +29,7 @@ from tqdm import tqdm
 if __package__ in (None, ""):  # run as `python data/prepare_camvid.py`: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.classes import IGNORE_INDEX  # noqa: E402
+from data.camvid import IGNORE_INDEX  # noqa: E402
 from data.mask_maker import class_index, convert_file, pair_labels, report_unknown  # noqa: E402
 from utils.io import atomic_open, write_png  # noqa: E402
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from data.cifar import CIFAR_CLASSES, CIFAR_FOLDER, META_FILE, TEST_FILE, TRAIN_FILES
-from data.classes import IGNORE_INDEX
+from data.camvid import IGNORE_INDEX
 from utils.errors import UserError
 from utils.io import atomic_open, write_json, write_png
 

@@ -1,17 +1,16 @@
 """ResNet-18 sized for 32x32 CIFAR images.
 
 The ImageNet stem (7x7 stride-2 conv and max-pool) would shrink a 32x32 image to 8x8 before the
-first block, so the CIFAR variant uses a 3x3 stride-1 stem and no pooling. The model owns the
-input normalisation: batches stay uint8 from disk to here, which keeps loaders and pseudo-label
-buffers four times smaller and means no caller can forget or double-apply the statistics.
+first block, so the CIFAR variant uses a 3x3 stride-1 stem and no pooling. The model normalises
+its input with the statistics it is given: batches stay uint8 from disk to here, which keeps them
+four times smaller and means no caller can forget or double-apply the statistics.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
-
-CIFAR_MEAN = (125.31, 122.95, 113.87)
-CIFAR_STD = (62.99, 62.09, 66.70)
 
 
 class BasicBlock(nn.Module):
@@ -44,11 +43,11 @@ class ResNet18(nn.Module):
     the architecture but lets the demo and the tests train on a laptop CPU in minutes.
     """
 
-    def __init__(self, num_classes: int = 10, width: int = 64) -> None:
+    def __init__(self, num_classes: int, mean: Sequence[float], std: Sequence[float], width: int = 64) -> None:
         super().__init__()
-        # Constants, not learned state: kept out of the state_dict so checkpoints hold weights only.
-        self.register_buffer("mean", torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(CIFAR_STD).view(1, 3, 1, 1), persistent=False)
+        # The run's setting, not learned state: kept out of the state_dict so checkpoints hold weights only.
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.stem = nn.Sequential(
             nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
         )

@@ -8,9 +8,11 @@ from typing import Any, Callable, Iterator
 import pytest
 import torch
 
+import semisup_cam
 from data.synthetic import make_street_scenes
 from utils.dist import Runtime
-from utils.engine import Batch, Phase, cross_entropy, mixed_batches
+from utils.engine import Batch, Best, cross_entropy, fit
+from utils.records import Run
 
 TINY_SIZE = (64, 48)  # width, height: the smallest scenes that still look like streets
 
@@ -46,16 +48,18 @@ def scenes8(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def segmentation_sources(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """The `sources` of every phase the CamVid loop builds (each mixed_batches call), the calls unchanged."""
-    calls: list[Any] = []
+def phase_batches(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The `batches` function of every phase semisup_cam trains, by phase name, the training unchanged:
+    calling one again with a generator gives that phase's batches, targets included."""
+    phases: dict[str, Any] = {}
+    train = semisup_cam.train
 
-    def recording(sources: Any, *args: Any, **kwargs: Any) -> Any:
-        calls.append(sources)
-        return mixed_batches(sources, *args, **kwargs)
+    def recording(model: Any, phase: str, iteration: int, batches: Any, *args: Any, **kwargs: Any) -> Any:
+        phases[phase] = batches
+        return train(model, phase, iteration, batches, *args, **kwargs)
 
-    monkeypatch.setattr("utils.segmentation.mixed_batches", recording)
-    return calls
+    monkeypatch.setattr(semisup_cam, "train", recording)
+    return phases
 
 
 @pytest.fixture(scope="session")
@@ -76,10 +80,10 @@ class Killed(Exception):
     """Stands for the process being killed in the middle of an epoch."""
 
 
-def two_epoch_phase(make_batch: Callable[[torch.Generator], Batch], stop_in_epoch: int = 0,
-                    **fields: Any) -> Phase:
+def train_two_epochs(model: torch.nn.Module, make_batch: Callable[[torch.Generator], Batch], work: Path,
+                     stop_in_epoch: int = 0, **options: Any) -> None:
     """A student phase of two epochs of 3 steps of `make_batch` with SGD, killed in epoch `stop_in_epoch` (if
-    any): for tests that a resumed phase ends as an uninterrupted one."""
+    any), its run directory under `work`: for tests that a resumed phase ends as an uninterrupted one."""
     epochs_started = []
 
     def batches(generator: torch.Generator) -> Iterator[Batch]:
@@ -89,6 +93,7 @@ def two_epoch_phase(make_batch: Callable[[torch.Generator], Batch], stop_in_epoc
                 raise Killed
             yield make_batch(generator)
 
-    return Phase(name="it1_joint", iteration=1, epochs=2, steps_per_epoch=3, batches=batches,
-                 loss_fn=lambda logits, target: cross_entropy(logits, target),
-                 make_optimizer=lambda params: torch.optim.SGD(params, lr=0.5), lr_min=0.0, seed=0, **fields)
+    run = Run(work / "run", {"run_dir": str(work / "run"), "resume": True})
+    fit(model, "it1_joint", 1, batches, 3, 2, cross_entropy, torch.optim.SGD(model.parameters(), lr=0.5),
+        Best(work / "best.pth.tar", "val_iou"), lr_min=0.0, seed=0, validate=lambda m: (0.0, {}), eval_each=1,
+        run=run, rt=Runtime(torch.device("cpu")), **options)

@@ -4,16 +4,14 @@ import pytest
 import torch
 
 from bench.speed import PilPipeline, make_dataset
-from data.camvid import load_images, load_labels
-from data.classes import IGNORE_INDEX, NUM_CLASSES
+from data.camvid import IGNORE_INDEX, NUM_CLASSES, STATISTICS, load_images, load_labels
 from data.transforms import scale_crop_flip
-from data.camvid import STATISTICS
 from models.swiftnet import swiftnet_rn18
-
-CAMVID_MEAN, CAMVID_STD = STATISTICS["camvid"]
 from utils.dist import Runtime
 from utils.engine import evaluate
 from utils.metrics import ConfusionMatrix
+
+CAMVID_MEAN, CAMVID_STD = STATISTICS["camvid"]
 
 CPU = Runtime(torch.device("cpu"))
 

@@ -9,8 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data.camvid import load_split, load_unlabeled
-from data.classes import IGNORE_INDEX
+from data.camvid import IGNORE_INDEX, load_split, load_unlabeled
 from utils.errors import UserError
 from utils.io import write_png
 

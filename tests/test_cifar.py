@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from data import cifar
-from data.cifar import CIFAR_FOLDER, DOWNLOAD_URL, DataError, load_cifar10, split_labeled
+from data.cifar import CIFAR_FOLDER, DOWNLOAD_URL, MEAN, STD, DataError, load_cifar10, split_labeled
 from data.synthetic import make_cifar_like
 from models.resnet_cifar import ResNet18
 from utils.errors import UserError
@@ -118,7 +118,7 @@ def test_split_refuses_impossible_requests() -> None:
 
 
 def test_resnet18_shape_and_size() -> None:
-    model = ResNet18(num_classes=10).eval()
+    model = ResNet18(10, MEAN, STD).eval()
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     with torch.no_grad():
         logits = model(images)
@@ -129,7 +129,7 @@ def test_resnet18_shape_and_size() -> None:
 
 
 def test_resnet18_channels_last_bf16() -> None:
-    model = ResNet18().eval().to(memory_format=torch.channels_last)
+    model = ResNet18(10, MEAN, STD).eval().to(memory_format=torch.channels_last)
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8).to(memory_format=torch.channels_last)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(images)

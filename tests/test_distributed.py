@@ -15,8 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data.camvid import STATISTICS, load_split
-from data.classes import NUM_CLASSES
+from data.camvid import NUM_CLASSES, STATISTICS, load_split
 from data.synthetic import make_street_scenes
 from models.swiftnet import swiftnet_rn18
 from utils.checkpoint import load_checkpoint, load_weights

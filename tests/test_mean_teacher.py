@@ -13,15 +13,14 @@ import torch
 from torch import nn
 
 import semisup_cam
-from data.classes import NUM_CLASSES
-from data.camvid import STATISTICS
+from data.camvid import NUM_CLASSES, STATISTICS
 from models.swiftnet import swiftnet_rn18
 from utils.checkpoint import load_checkpoint, load_weights
 from utils.dist import Runtime
-from utils.engine import Best, MeanTeacher, Phase, fit, predict_probs
-from utils.records import Run
+from utils.engine import predict_probs
+from utils.pseudo import MeanTeacher
 
-from conftest import Killed, two_epoch_phase
+from conftest import Killed, train_two_epochs
 
 
 def small_net(seed: int) -> nn.Module:
@@ -47,25 +46,18 @@ def test_the_teacher_moves_towards_the_student_by_one_minus_the_momentum() -> No
             assert torch.equal(after[name], theirs[name])  # num_batches_tracked: copied, not averaged
 
 
-def distillation_phase(mean_teacher: MeanTeacher, stop_in_epoch: int = 0) -> Phase:
-    """Targets are the mean teacher's softmax, so its state steers the run."""
+def train(work: Path, stop_in_epoch: int = 0) -> tuple[nn.Module, nn.Module]:
+    """The student learns the mean teacher's softmax, so the teacher's state steers the run."""
+    teacher, student = small_net(0), small_net(0)  # the student starts from the teacher
+    with torch.no_grad():
+        student[0].weight.add_(0.3)  # ... and has learned something the teacher has not
 
     def batch(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         images = torch.rand(4, 3, 6, 6, generator=generator)
         with torch.no_grad():
-            return images, mean_teacher.model.eval()(images).softmax(1)
+            return images, teacher.eval()(images).softmax(1)
 
-    return two_epoch_phase(batch, stop_in_epoch, mean_teacher=mean_teacher)
-
-
-def train(work: Path, stop_in_epoch: int = 0) -> tuple[nn.Module, nn.Module]:
-    teacher, student = small_net(0), small_net(0)  # the student starts from the teacher
-    with torch.no_grad():
-        student[0].weight.add_(0.3)  # ... and has learned something the teacher has not
-    phase = distillation_phase(MeanTeacher(teacher, student, 0.5), stop_in_epoch)
-    run = Run(work / "run", {"run_dir": str(work / "run"), "resume": True})
-    fit(student, phase, Best(work / "best.pth.tar", "val_iou"), run, Runtime(torch.device("cpu")),
-        lambda model: (0.0, {}), 1)
+    train_two_epochs(student, batch, work, stop_in_epoch, mean_teacher=MeanTeacher(teacher, student, 0.5))
     return student, teacher
 
 
@@ -86,10 +78,10 @@ def test_a_resumed_phase_goes_on_with_the_teacher_it_had(tmp_path: Path) -> None
 
 
 def test_a_camvid_student_learns_from_the_teacher_that_follows_it(
-        scenes8: Path, tmp_path: Path, main_args: Callable[..., list[str]], segmentation_sources: list[Any]) -> None:
+        scenes8: Path, tmp_path: Path, main_args: Callable[..., list[str]], phase_batches: dict[str, Any]) -> None:
     semisup_cam.main(main_args(scenes8, tmp_path, labeled_fraction="1/2", no_iter=1, pseudo_epochs=2,
                                pseudo_root=tmp_path / "pseudo", student_schedule="joint", pseudo_soft=True,
-                               student_init="teacher", pseudo_ema=0.5))
+                               student_init="teacher", pseudo_ema=0.5, batch_size=8))
     assert json.loads((tmp_path / "run" / "config.json").read_text())["pseudo_ema"] == 0.5
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [0 <= m["mean_teacher_score"] <= 100 for m in lines if m["phase"] == "it1_joint"] == [True, True]
@@ -100,8 +92,8 @@ def test_a_camvid_student_learns_from_the_teacher_that_follows_it(
     teacher_path, last_path = tmp_path / "ckpt" / "teacher_best.pth.tar", tmp_path / "run" / "last_it1_joint.pth.tar"
     load_weights(first, load_checkpoint(teacher_path), teacher_path)
     moved.load_state_dict(load_checkpoint(last_path)["mean_teacher"])
-    _, (_, pseudo) = segmentation_sources
-    crops, targets = pseudo.augment(torch.arange(pseudo.size), torch.Generator().manual_seed(0))
+    crops, targets = next(phase_batches["it1_joint"](torch.Generator().manual_seed(0)))
+    crops, targets = crops[4:], targets[4:]  # the pseudo-labeled half of the batch
     kept = (targets.sum(1, keepdim=True) > 0).float()  # all but the padding of crops beyond the frame
     assert kept.mean() > 0.9
     torch.testing.assert_close(targets, predict_probs(moved, crops, cpu) * kept)

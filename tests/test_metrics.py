@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from data.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
+from data.camvid import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from utils.metrics import ConfusionMatrix
 
 # Truth and prediction of 8 pixels of 3 classes, as a 2x4 image. By hand, rows = truth:

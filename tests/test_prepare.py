@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from data import extract_frames, mask_maker, prepare_camvid
-from data.classes import COLORS
+from data.camvid import COLOURS
 from data.mask_maker import colour_to_index, index_to_colour
 from utils.io import write_png
 
@@ -121,7 +121,7 @@ def test_unknown_colours_become_void_and_are_counted() -> None:
 
 
 def test_eleven_only_knows_just_the_thesis_colours() -> None:
-    rgb = np.stack([solid(colour, (1, 1))[0, 0] for colour in COLORS])[None]
+    rgb = np.stack([solid(colour, (1, 1))[0, 0] for colour in COLOURS])[None]
     result, unknown = colour_to_index(rgb, eleven_only=True)
     assert result.tolist() == [list(range(12))]
     assert unknown == 0

@@ -29,8 +29,8 @@ import semisup_cam
 import semisup_cif
 from data import cifar
 from data.cifar import CIFAR_FOLDER, load_cifar10
-from data.synthetic import make_cifar_like, make_street_scenes
 from data.camvid import STATISTICS
+from data.synthetic import make_cifar_like, make_street_scenes
 from models.swiftnet import SwiftNet
 from utils import engine
 from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint
@@ -159,12 +159,11 @@ def saved_epochs_of_a_six_epoch_phase(tmp_path: Path, monkeypatch: pytest.Monkey
     def batches(generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         yield torch.rand(2, 3, 4, 4, generator=generator), torch.randint(0, 2, (2, 4, 4), generator=generator)
 
-    phase = engine.Phase(name="teacher", iteration=0, epochs=6, steps_per_epoch=1, batches=batches,
-                         loss_fn=engine.cross_entropy, make_optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
-                         lr_min=0.0, seed=0)
+    model = torch.nn.Conv2d(3, 2, 1)
     run = Run(tmp_path / "run", {"run_dir": str(tmp_path / "run"), "resume": True})
-    engine.fit(torch.nn.Conv2d(3, 2, 1), phase, engine.Best(tmp_path / "best.pth.tar", "val_iou"), run,
-               Runtime(torch.device("cpu")), lambda model: (0.0, {}), eval_each=3)
+    engine.fit(model, "teacher", 0, batches, 1, 6, engine.cross_entropy, torch.optim.SGD(model.parameters(), lr=0.1),
+               engine.Best(tmp_path / "best.pth.tar", "val_iou"), lr_min=0.0, seed=0,
+               validate=lambda model: (0.0, {}), eval_each=3, run=run, rt=Runtime(torch.device("cpu")))
     return saved
 
 
@@ -320,6 +319,8 @@ def _cam_on_missing_gpu(data: Path, work: Path) -> None:
 
 def _damaged_resume_checkpoint(data: Path, work: Path) -> None:
     _cam(data, work)
+    for record in ("progress.json", "summary.json"):  # as if the run had stopped in the teacher's phase
+        (work / "run" / record).unlink()
     (work / "run" / "last_teacher.pth.tar").write_bytes(b"not a checkpoint")
     _cam(data, work)
 
@@ -406,8 +407,6 @@ BAD_INPUT: list[tuple[str, Callable[[Path, Path, pytest.MonkeyPatch], None], str
      r"--pseudo_ema=0\.99 .*--student_init=teacher \(a fresh student's weights cannot be averaged"),
     ("mean_teacher_momentum_of_one", lambda d, w, m: _cam(d, w, pseudo_ema=1, pseudo_soft=True),
      r"--pseudo_ema=1\.0: the momentum of the mean teacher, at least 0 \(off\) and below 1"),
-    ("feature_drop_of_one", lambda d, w, m: _cam(d, w, pseudo_feature_drop=1),
-     r"--pseudo_feature_drop=1\.0: the share of encoder feature channels dropped.*below 1, e\.g\. 0\.5"),
     ("cuda_without_gpu", lambda d, w, m: _cam_on_missing_gpu(d, w),
      r"DEVICE=cuda but PyTorch sees no GPU.*--device=cpu"),
     ("cifar_files_missing_offline", lambda d, w, m: _offline_cifar(d, w, m),
@@ -655,19 +654,16 @@ def test_a_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny
 
 
 def test_a_loss_that_is_nan_from_the_start_does_not_point_to_a_missing_file(tmp_path: Path) -> None:
-    from utils.dist import Runtime
-    from utils.engine import Best, Phase, fit
-    from utils.records import Run
+    from utils.engine import Best, fit
 
     model = torch.nn.Linear(2, 2)
     batch = (torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))
-    phase = Phase(name="teacher", iteration=0, epochs=2, steps_per_epoch=1, batches=lambda g: iter([batch]),
-                  loss_fn=lambda out, target: out.sum() * float("nan"),
-                  make_optimizer=lambda params: torch.optim.SGD(params, lr=0.1), lr_min=0.0, seed=0)
     run = Run(tmp_path / "run", {"run_dir": str(tmp_path / "run"), "resume": True})
     best = Best(tmp_path / "ckpt" / "best.pth.tar", "val_iou")
     with pytest.raises(TrainingDiverged, match=r"became nan in epoch 1") as caught:
-        fit(model, phase, best, run, Runtime(torch.device("cpu")), lambda m: (0.0, {}), 1)
+        fit(model, "teacher", 0, lambda g: iter([batch]), 1, 2, lambda out, target: out.sum() * float("nan"),
+            torch.optim.SGD(model.parameters(), lr=0.1), best, lr_min=0.0, seed=0, validate=lambda m: (0.0, {}),
+            eval_each=1, run=run, rt=Runtime(torch.device("cpu")))
     named = [word.strip(".,;") for word in str(caught.value).split() if ".pth.tar" in word]
     assert all(Path(path).exists() for path in named), f"the message names missing files {named}"
 

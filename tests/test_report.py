@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from data.classes import CLASS_NAMES, COLORS, IGNORE_INDEX
+import predict
+from data.camvid import CLASS_NAMES, COLOURS, IGNORE_INDEX, STATISTICS
 from data.mask_maker import index_to_colour
-from data.camvid import STATISTICS
 from models.swiftnet import swiftnet_rn18
-from utils import predict, report
+from utils import report
 from utils.checkpoint import parameter_count, save_checkpoint
 from utils.dist import Runtime
 from utils.pictures import prediction_pictures, pseudo_label_pictures
@@ -236,7 +236,8 @@ def test_prediction_pictures_show_four_panels(model: torch.nn.Module, tmp_path: 
     labels = torch.randint(0, len(CLASS_NAMES), (2, 48, 64), dtype=torch.uint8)
     labels[:, :8] = IGNORE_INDEX
     model.train()
-    paths = prediction_pictures(model, images, labels, ["a", "b"], tmp_path / "pictures", Runtime(torch.device("cpu")))
+    paths = prediction_pictures(model, images, labels, ["a", "b"], tmp_path / "pictures", Runtime(torch.device("cpu")),
+                                COLOURS)
     assert [p.name for p in paths] == ["a.png", "b.png"] and model.training
     picture = np.asarray(Image.open(paths[0]))
     assert picture.shape == (48, 4 * 64, 3)
@@ -251,11 +252,11 @@ def test_pseudo_label_pictures_show_three_panels(tmp_path: Path) -> None:
     images = torch.randint(0, 256, (2, 3, 48, 64), dtype=torch.uint8)
     labels = torch.full((2, 48, 64), 2, dtype=torch.uint8)
     confidence = torch.linspace(0, 1, 64).expand(2, 48, 64)
-    with_confidence = pseudo_label_pictures(images, labels, confidence, ["a", "b"], tmp_path / "with")
-    without = pseudo_label_pictures(images, labels, None, ["a", "b"], tmp_path / "without")
+    with_confidence = pseudo_label_pictures(images, labels, confidence, ["a", "b"], tmp_path / "with", COLOURS)
+    without = pseudo_label_pictures(images, labels, None, ["a", "b"], tmp_path / "without", COLOURS)
     picture = np.asarray(Image.open(with_confidence[1]))
     assert picture.shape == (48, 3 * 64, 3)
-    assert (picture[:, 64:128] == COLORS[2]).all()
+    assert (picture[:, 64:128] == COLOURS[2]).all()
     assert picture[0, 128].tolist() == [0, 0, 0] and picture[0, -1].tolist() == [255, 255, 255]
     assert (np.asarray(Image.open(without[0]))[:, 128:] == 0).all()
 

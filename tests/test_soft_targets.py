@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import semisup_cam
-from data.classes import IGNORE_INDEX, NUM_CLASSES
+from data.camvid import IGNORE_INDEX, NUM_CLASSES, STATISTICS
 from data.transforms import cutmix
-from data.camvid import STATISTICS
 from models.swiftnet import swiftnet_rn18
 from utils.checkpoint import load_checkpoint, load_weights
 from utils.dist import Runtime
-from utils.engine import cross_entropy, predict_probs, soft_targets
+from utils.engine import cross_entropy, predict_probs
+from utils.pseudo import soft_targets
 
 
 def gen(seed: int) -> torch.Generator:
@@ -85,19 +85,19 @@ def test_cutmix_moves_distributions_with_their_image() -> None:
 
 def test_a_soft_camvid_student_learns_from_its_teachers_softmax(scenes8: Path, tmp_path: Path,
                                                                 main_args: Callable[..., list[str]],
-                                                                segmentation_sources: list[Any]) -> None:
+                                                                phase_batches: dict[str, Any]) -> None:
     semisup_cam.main(main_args(scenes8, tmp_path, labeled_fraction="1/2", no_iter=1, pseudo_epochs=1,
                                pseudo_root=tmp_path / "pseudo", student_schedule="joint", pseudo_threshold=0.3,
-                               pseudo_soft=True))
+                               pseudo_soft=True, batch_size=8))
     assert json.loads((tmp_path / "run" / "config.json").read_text())["pseudo_soft"] is True
     entry = json.loads((tmp_path / "run" / "summary.json").read_text())["iterations"][0]
     assert entry["pseudo_ignored_frac"] > 0  # the threshold left some pixels out
 
-    teacher_only, (labeled, pseudo) = segmentation_sources
-    assert len(teacher_only) == 1
-    _, hard = teacher_only[0].augment(torch.arange(2), gen(0))
+    assert set(phase_batches) == {"teacher", "it1_joint"}
+    _, hard = next(phase_batches["teacher"](gen(0)))
     assert hard.dtype == torch.long  # the teacher learns from the labels as they are
-    _, one_hot = labeled.augment(torch.arange(2), gen(0))
+    crops, targets = next(phase_batches["it1_joint"](gen(0)))
+    one_hot = targets[:4]  # the labeled half of the batch
     assert one_hot.dtype == torch.float and set(one_hot.sum(1).unique().tolist()) <= {0.0, 1.0}
     assert set(one_hot.unique().tolist()) <= {0.0, 1.0}
 
@@ -105,7 +105,7 @@ def test_a_soft_camvid_student_learns_from_its_teachers_softmax(scenes8: Path, t
     teacher = swiftnet_rn18(NUM_CLASSES, *STATISTICS["camvid"])
     path = tmp_path / "ckpt" / "teacher_best.pth.tar"
     load_weights(teacher, load_checkpoint(path), path)
-    crops, targets = pseudo.augment(torch.arange(pseudo.size), gen(0))
+    crops, targets = crops[4:], targets[4:]  # the pseudo-labeled half
     kept = targets.sum(1) > 0
     assert kept.any() and not kept.all()  # the threshold's Void stays out of the loss
     expected = predict_probs(teacher, crops, cpu)

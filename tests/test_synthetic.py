@@ -11,7 +11,7 @@ from PIL import Image
 
 from data import synthetic
 from data.cifar import CIFAR_CLASSES, CIFAR_FOLDER, load_cifar10
-from data.classes import IGNORE_INDEX, NUM_CLASSES
+from data.camvid import IGNORE_INDEX, NUM_CLASSES
 from data.synthetic import make_cifar_like, make_street_scenes, render_street_scene
 from utils.errors import UserError
 

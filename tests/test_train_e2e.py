@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import semisup_cam
-from data.classes import CLASS_NAMES
+from data.camvid import CLASS_NAMES
 from data.synthetic import make_street_scenes
 
 CHANCE = 100 / 11

@@ -91,3 +91,28 @@ def usage(defaults: Mapping[str, Any]) -> str:
     lines = ["Override any constant as --name=value; --demo runs on generated data. Constants and defaults:"]
     lines += [f"  --{name}={json.dumps(value)}" for name, value in defaults.items()]
     return "\n".join(lines)
+
+
+def check_choice(cfg: Mapping[str, Any], name: str, allowed: Sequence[str]) -> None:
+    """A string constant must be one of `allowed`: anything else would silently mean the default."""
+    if cfg[name] not in allowed:
+        raise UserError(f"--{name}={cfg[name]}: expected {' or '.join(map(repr, allowed))}; the comment on "
+                        f"{name.upper()} at the top of the script says what each does.")
+
+
+def check_student_options(cfg: Mapping[str, Any]) -> None:
+    """Refuses student settings, common to both scripts, that would run but mean something else than asked."""
+    check_choice(cfg, "student_schedule", ("staged", "joint"))
+    check_choice(cfg, "student_init", ("fresh", "teacher"))
+    labeled = cfg["joint_labeled_share"]
+    if not 0 < labeled < 1:
+        raise UserError(f"--joint_labeled_share={labeled}: the labeled share of each joint batch, between 0 and 1 "
+                        "(both ends excluded: a joint batch needs crops of both kinds).")
+    momentum = cfg["pseudo_ema"]
+    if not 0 <= momentum < 1:
+        raise UserError(f"--pseudo_ema={momentum}: the momentum of the mean teacher, at least 0 (off) and below 1, "
+                        "e.g. 0.99.")
+    if momentum > 0 and not (cfg["pseudo_soft"] and cfg["student_init"] == "teacher"):
+        raise UserError(f"--pseudo_ema={momentum} moves the teacher that gives PSEUDO_SOFT's targets towards a "
+                        "student that started from it: set --pseudo_soft=True and --student_init=teacher (a fresh "
+                        "student's weights cannot be averaged with the teacher's).")

@@ -6,6 +6,7 @@ side at the image's size, in the CamVid colours, cheap enough to write after eve
 
 Prediction: image | ground truth | prediction | errors (red: wrong, grey: Void, black: right).
 Pseudo-label: image | pseudo-label | teacher confidence (white = sure; black without confidence).
+A `palette` holds one RGB colour per class, then Void's.
 """
 from __future__ import annotations
 
@@ -16,8 +17,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from data.classes import NUM_CLASSES
-from data.mask_maker import index_to_colour
 from utils.dist import Runtime
 from utils.engine import predict_probs
 from utils.io import write_png
@@ -31,10 +30,18 @@ def _rgb(images: torch.Tensor) -> np.ndarray:
     return images.detach().cpu().permute(0, 2, 3, 1).to(torch.uint8).numpy()
 
 
-def error_map(prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
+def colourise(index: np.ndarray, palette: Sequence[tuple[int, int, int]]) -> np.ndarray:
+    """(H,W,3) colours of an index mask; values that are no class (Void, 255 padding, -1) take Void's colour."""
+    index = np.asarray(index)
+    colours = np.asarray(palette, dtype=np.uint8)
+    known = (index >= 0) & (index < len(colours))
+    return colours[np.where(known, index, len(colours) - 1)]
+
+
+def error_map(prediction: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
     """(H,W,3): red where the prediction misses a labeled pixel, grey where the truth is Void, black elsewhere."""
     picture = np.zeros((*truth.shape, 3), dtype=np.uint8)
-    void = (truth < 0) | (truth >= NUM_CLASSES)
+    void = (truth < 0) | (truth >= num_classes)
     picture[void] = VOID
     picture[~void & (prediction != truth)] = WRONG
     return picture
@@ -64,21 +71,23 @@ def _predict(model: nn.Module, images: torch.Tensor, rt: Runtime, batch_size: in
 
 
 def prediction_pictures(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, names: Sequence[str],
-                        folder: Path, rt: Runtime, batch_size: int = 8) -> list[Path]:
+                        folder: Path, rt: Runtime, palette: Sequence[tuple[int, int, int]],
+                        batch_size: int = 8) -> list[Path]:
     """Writes `folder/<name>.png` per image: image | ground truth | prediction | errors (4W x H)."""
     _check_sizes(images, labels, names, "labels")
     predictions = _predict(model, images, rt, batch_size)
     truths = labels.detach().cpu().numpy().astype(np.int64)
     paths = []
     for rgb, truth, prediction, name in zip(_rgb(images), truths, predictions, names):
-        panels = [rgb, index_to_colour(truth), index_to_colour(prediction), error_map(prediction, truth)]
+        panels = [rgb, colourise(truth, palette), colourise(prediction, palette),
+                  error_map(prediction, truth, len(palette) - 1)]
         paths.append(Path(folder) / f"{name}.png")
         write_png(paths[-1], np.concatenate(panels, axis=1))
     return paths
 
 
 def pseudo_label_pictures(images: torch.Tensor, pseudo_labels: torch.Tensor, confidence: torch.Tensor | None,
-                          names: Sequence[str], folder: Path) -> list[Path]:
+                          names: Sequence[str], folder: Path, palette: Sequence[tuple[int, int, int]]) -> list[Path]:
     """Writes `folder/<name>.png` per image: image | pseudo-label (Void black) | confidence (3W x H)."""
     _check_sizes(images, pseudo_labels, names, "pseudo-labels")
     if confidence is not None:
@@ -87,7 +96,7 @@ def pseudo_label_pictures(images: torch.Tensor, pseudo_labels: torch.Tensor, con
     confidences = [None] * len(labels) if confidence is None else confidence.detach().cpu().float().numpy()
     paths = []
     for rgb, label, sure, name in zip(_rgb(images), labels, confidences, names):
-        panels = [rgb, index_to_colour(label), confidence_map(sure, label.shape)]
+        panels = [rgb, colourise(label, palette), confidence_map(sure, label.shape)]
         paths.append(Path(folder) / f"{name}.png")
         write_png(paths[-1], np.concatenate(panels, axis=1))
     return paths

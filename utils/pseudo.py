@@ -1,13 +1,13 @@
-"""Segmentation pseudo-labels as class-index PNGs, one per unlabeled frame.
+"""Pseudo-labels: which predictions to keep, the files they are written to, soft targets and the
+mean teacher.
 
-The teacher predicts in batches (optionally averaged over flips and scales), the prediction is
-resized to the frame's size on disk, pixels below the confidence threshold (lowered per class
-with a class share, see utils/confidence.py) become Void, and PNGs are encoded by a thread pool
+Segmentation pseudo-labels are class-index PNGs, one per unlabeled frame. The teacher predicts in
+batches (optionally averaged over flips and scales), the prediction is resized to the frame's size
+on disk, pixels below the confidence threshold become Void, and PNGs are encoded by a thread pool
 while the next batch is predicted. With an image share, only the frames the teacher is most
-reliable on go to the student (ST++'s image-level selection). Files are written atomically, so
-after a kill the folder holds only whole files: a re-run writes just the missing ones. A manifest
-names the teacher and options that made the folder; a folder made by another teacher is cleared
-instead of being mixed with new labels.
+reliable on go to the student (ST++). Files are written atomically, so after a kill the folder
+holds only whole files and a re-run writes just the missing ones; a manifest names the teacher and
+options that made the folder, and a folder made by another is cleared rather than mixed.
 """
 from __future__ import annotations
 
@@ -23,10 +23,6 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from data.camvid import SegmentationSet
-from data.classes import NUM_CLASSES
-from utils.confidence import (BINS, class_cutoffs, confidence_histogram, cutoff_confidences, image_reliability,
-                              keep_mask, most_reliable)
 from utils.dist import Runtime
 from utils.engine import predict_probs
 from utils.errors import UserError
@@ -34,8 +30,30 @@ from utils.io import write_json, write_png
 from utils.metrics import ConfusionMatrix
 
 MANIFEST = "pseudo.json"
-CLASS_THRESHOLDS = "class_thresholds.json"
 RELIABILITY = "reliability.json"
+
+
+def image_reliability(confidence: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per image of a (N, H, W) batch, the mean over its predicted classes of their mean confidence.
+
+    ST++ (Yang et al., CVPR 2022) keeps whole images the teacher is reliable on instead of
+    thresholding pixels, which leaves thin classes in the pseudo-labels. Each predicted class counts
+    once, so an image is not called reliable for being mostly sky and road while its few
+    pedestrians are guesses.
+    """
+    count = labels.shape[0]
+    flat = labels.reshape(count, -1).long()
+    sums = torch.zeros(count, num_classes, device=labels.device).scatter_add_(
+        1, flat, confidence.reshape(count, -1).float())
+    pixels = torch.zeros(count, num_classes, device=labels.device).scatter_add_(
+        1, flat, torch.ones_like(flat, dtype=torch.float))
+    return (sums / pixels.clamp(min=1)).sum(1) / (pixels > 0).sum(1)
+
+
+def most_reliable(scores: dict[str, float], share: float) -> set[str]:
+    """The names of the `share` of images with the highest reliability (at least one), ties by name."""
+    ranked = sorted(scores, key=lambda name: (-scores[name], name))
+    return set(ranked[: max(1, round(share * len(ranked)))])
 
 
 def pseudo_folder(root: str | Path, iteration: int) -> Path:
@@ -70,102 +88,78 @@ def _prepare(folder: Path, identity: dict[str, Any], rt: Runtime) -> None:
         if not same:
             for stale in folder.glob("*.png"):
                 stale.unlink()
-            for survey in (CLASS_THRESHOLDS, RELIABILITY):
-                (folder / survey).unlink(missing_ok=True)
+            (folder / RELIABILITY).unlink(missing_ok=True)
             write_json(manifest, identity)
     rt.barrier()
 
 
-def label_frames(model: nn.Module, frames: SegmentationSet, folder: Path, identity: dict[str, Any], rt: Runtime,
-                 ignore_index: int, batch_size: int, threshold: float = 0.0, scales: Sequence[float] = (1.0,),
-                 flip: bool = False, class_share: float = 0.0, image_share: float = 1.0) -> list[str]:
-    """Writes `folder/<frame>.png` for every frame not already there; each process takes its share.
+def label_frames(model: nn.Module, images: torch.Tensor, names: list[str], source_size: tuple[int, int],
+                 folder: Path, identity: dict[str, Any], rt: Runtime, ignore_index: int, num_classes: int,
+                 batch_size: int, threshold: float = 0.0, scales: Sequence[float] = (1.0,), flip: bool = False,
+                 image_share: float = 1.0) -> list[str]:
+    """Writes `folder/<name>.png`, at `source_size` (width, height), for every frame not already there;
+    each process takes its share.
 
     Returns the names of the frames the student learns from: all of them, or with `image_share` < 1
     that share of the frames, those with the highest `image_reliability` (scores kept in
-    `folder/reliability.json`). With `class_share`, each class's confidence cut-off
-    (utils/confidence.py) is written to `folder/class_thresholds.json`. Both come from a first
-    pass over all frames, which are then predicted again to write them: holding every frame's
-    confidences at full resolution would need gigabytes for the thesis's thousands of frames,
-    while a second pass only repeats the prediction.
+    `folder/reliability.json`, from a first pass over all frames).
     """
     # The folder belongs to these very frames, not only to this many: another split or frame folder with
     # the same count must not reuse its files or the reliability scores, which are keyed by name.
-    identity = {**identity, "frame_names_crc32": zlib.crc32("\n".join(frames.names).encode())}
+    identity = {**identity, "frame_names_crc32": zlib.crc32("\n".join(names).encode())}
     try:
-        _write_labels(model, frames, folder, identity, rt, ignore_index, batch_size, threshold, scales, flip,
-                      class_share, image_share)
+        _write_labels(model, images, names, source_size, folder, identity, rt, ignore_index, num_classes,
+                      batch_size, threshold, scales, flip, image_share)
     except OSError as error:
         raise UserError(f"Cannot write pseudo-labels into {folder} ({error.strerror or error}). Choose a writable "
                         "place with --pseudo_root=PATH (or free some disk space) and re-run to resume.") from error
     rt.barrier()
     if image_share >= 1:
-        return list(frames.names)
+        return list(names)
     kept = most_reliable(json.loads((folder / RELIABILITY).read_text())["reliability"], image_share)
-    return [name for name in frames.names if name in kept]
+    return [name for name in names if name in kept]
 
 
-Predictions = Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]
-
-
-def _predictions(model: nn.Module, frames: SegmentationSet, indices: list[int], rt: Runtime, batch_size: int,
-                 scales: Sequence[float], flip: bool, desc: str) -> Predictions:
+def _predictions(model: nn.Module, images: torch.Tensor, indices: list[int], source_size: tuple[int, int],
+                 rt: Runtime, batch_size: int, scales: Sequence[float], flip: bool,
+                 desc: str) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
     """(frame indices, confidence, argmax) per batch, at the frames' size on disk."""
-    width, height = frames.source_size
+    width, height = source_size
     for start in tqdm(range(0, len(indices), batch_size), desc=desc, leave=False, disable=not rt.is_main,
                       dynamic_ncols=True):
         index = indices[start : start + batch_size]
-        probs = predict_probs(model, frames.images[index], rt, scales, flip)
+        probs = predict_probs(model, images[index], rt, scales, flip)
         if probs.shape[-2:] != (height, width):
             probs = F.interpolate(probs, (height, width), mode="bilinear", align_corners=False)
         confidence, labels = probs.max(1)
         yield index, confidence, labels
 
 
-def _survey(model: nn.Module, frames: SegmentationSet, rt: Runtime, batch_size: int, scales: Sequence[float],
-            flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Over all frames: the (class, confidence bin) histogram and each frame's reliability."""
-    histogram = torch.zeros(NUM_CLASSES, BINS, dtype=torch.long, device=rt.device)
-    reliability = torch.zeros(len(frames), device=rt.device)
-    for index, confidence, labels in _predictions(model, frames, list(range(rt.rank, len(frames), rt.world)), rt,
-                                                  batch_size, scales, flip, "confidence per class and frame"):
-        histogram += confidence_histogram(confidence, labels, NUM_CLASSES)
-        reliability[index] = image_reliability(confidence, labels, NUM_CLASSES).to(rt.device)
-    if rt.distributed:
-        torch.distributed.all_reduce(histogram)
-        torch.distributed.all_reduce(reliability)
-    return histogram, reliability
-
-
-def _write_labels(model: nn.Module, frames: SegmentationSet, folder: Path, identity: dict[str, Any], rt: Runtime,
-                  ignore_index: int, batch_size: int, threshold: float, scales: Sequence[float], flip: bool,
-                  class_share: float, image_share: float) -> None:
+def _write_labels(model: nn.Module, images: torch.Tensor, names: list[str], source_size: tuple[int, int],
+                  folder: Path, identity: dict[str, Any], rt: Runtime, ignore_index: int, num_classes: int,
+                  batch_size: int, threshold: float, scales: Sequence[float], flip: bool, image_share: float) -> None:
     _prepare(folder, identity, rt)
-    # Rank 0 lists what is missing for everyone: a rank listing later would see rank 0's new files.
-    todo = rt.broadcast([i for i, name in enumerate(frames.names)
-                         if not _is_complete(folder / f"{name}.png", frames.source_size)] if rt.is_main else None)
-    need_cutoffs = bool(todo) and class_share > 0
-    need_reliability = image_share < 1 and rt.broadcast(not (folder / RELIABILITY).is_file() if rt.is_main else None)
-    cutoffs = None
-    if need_cutoffs or need_reliability:
-        histogram, reliability = _survey(model, frames, rt, batch_size, scales, flip)
-        if need_cutoffs:
-            cutoffs = class_cutoffs(histogram, class_share)
-            if rt.is_main:
-                write_json(folder / CLASS_THRESHOLDS, {"class_share": class_share, "threshold": threshold,
-                                                      "confidence_needed": cutoff_confidences(cutoffs, threshold)})
+    if image_share < 1 and rt.broadcast(not (folder / RELIABILITY).is_file() if rt.is_main else None):
+        reliability = torch.zeros(len(names), device=rt.device)
+        for index, confidence, labels in _predictions(model, images, list(range(rt.rank, len(names), rt.world)),
+                                                      source_size, rt, batch_size, scales, flip, "reliability"):
+            reliability[index] = image_reliability(confidence, labels, num_classes).to(rt.device)
+        if rt.distributed:
+            torch.distributed.all_reduce(reliability)
         if rt.is_main:
-            write_json(folder / RELIABILITY, {"reliability": dict(zip(frames.names, reliability.tolist()))})
+            write_json(folder / RELIABILITY, {"reliability": dict(zip(names, reliability.tolist()))})
+    # Rank 0 lists what is missing for everyone: a rank listing later would see rank 0's new files.
+    todo = rt.broadcast([i for i, name in enumerate(names) if not _is_complete(folder / f"{name}.png", source_size)]
+                        if rt.is_main else None)
     if not todo:
         return
     with ThreadPoolExecutor(max_workers=4) as writer:
         pending = []
-        for index, confidence, labels in _predictions(model, frames, todo[rt.rank :: rt.world], rt, batch_size,
-                                                      scales, flip, f"pseudo-labels → {folder.name}"):
-            labels[~keep_mask(confidence, labels, threshold, cutoffs)] = ignore_index
+        for index, confidence, labels in _predictions(model, images, todo[rt.rank :: rt.world], source_size, rt,
+                                                      batch_size, scales, flip, f"pseudo-labels → {folder.name}"):
+            labels[confidence < threshold] = ignore_index
             labels = labels.to(torch.uint8).cpu().numpy()
-            pending += [writer.submit(write_png, folder / f"{frames.names[i]}.png", labels[k])
-                        for k, i in enumerate(index)]
+            pending += [writer.submit(write_png, folder / f"{names[i]}.png", labels[k]) for k, i in enumerate(index)]
         for job in pending:
             job.result()
 
@@ -180,3 +174,45 @@ def pseudo_quality(pseudo: torch.Tensor, truth: torch.Tensor | None, num_classes
     kept = pseudo != ignore_index
     cm.update(truth[kept], pseudo[kept])
     return {"pseudo_pixel_acc": cm.pixel_accuracy(), "pseudo_miou": cm.miou(), "pseudo_ignored_frac": ignored}
+
+
+def soft_targets(labels: torch.Tensor, num_classes: int, ignore_index: int, rt: Runtime,
+                 teacher: nn.Module | None = None, images: torch.Tensor | None = None) -> torch.Tensor:
+    """Class distributions (B,C,...) for PSEUDO_SOFT, all zero where `labels` is ignore.
+
+    With a `teacher`, its softmax on these very `images` (the augmented pseudo-labeled crops, before
+    any strong augmentation): the student then learns how sure the teacher is, not only its argmax,
+    as Noisy Student's soft pseudo-labels. Without one, `labels` one-hot, so that labeled crops can
+    share a batch with them.
+    """
+    keep = (labels != ignore_index).unsqueeze(1)
+    if teacher is None:
+        distributions = F.one_hot(labels.masked_fill(~keep.squeeze(1), 0), num_classes).movedim(-1, 1).float()
+    else:
+        distributions = predict_probs(teacher, images, rt).clone()  # a normal tensor, not an inference one
+    return distributions * keep
+
+
+class MeanTeacher:
+    """The teacher of PSEUDO_EMA: after every optimizer step its weights move towards the student's,
+    `weights = momentum * weights + (1 - momentum) * student` (Mean Teacher), so the targets it gives
+    improve with the student instead of repeating the first teacher's mistakes.
+
+    Averaging weights only makes sense between models that share their starting point: the student
+    must start from this teacher (STUDENT_INIT="teacher"). BatchNorm statistics are averaged alike.
+    The tensors are paired once: loading a checkpoint or stepping copies into them in place.
+    """
+
+    def __init__(self, model: nn.Module, student: nn.Module, momentum: float):
+        self.model, self.momentum = model, momentum
+        theirs = student.state_dict()
+        pairs = [(mine, theirs[name]) for name, mine in self.model.state_dict().items()]
+        self._mine = [mine for mine, _ in pairs if mine.is_floating_point()]
+        self._theirs = [their for mine, their in pairs if mine.is_floating_point()]
+        self._counters = [(mine, their) for mine, their in pairs if not mine.is_floating_point()]  # BatchNorm's
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_(self._mine, self._theirs, 1 - self.momentum)  # one kernel launch per group of tensors
+        for mine, theirs in self._counters:
+            mine.copy_(theirs)

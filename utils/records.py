@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import subprocess
 import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from tqdm import tqdm
+
+from utils.config import Config, configure, constants_of
+from utils.dist import Runtime, setup
 from utils.errors import UserError
 from utils.io import append_jsonl, probe_folder, write_json
 
@@ -227,3 +232,47 @@ class Run:
 
     def last_checkpoint(self, phase: str) -> Path:
         return self.folder / f"last_{phase}.pth.tar"
+
+    def finish(self, is_main: bool) -> None:
+        self.summary["finished"] = True
+        self.save_summary()
+        if is_main:
+            tqdm.write(f"Run record: {self.folder}")
+
+
+def start_run(namespace: Mapping[str, Any], argv: Sequence[str], demo_overrides: Mapping[str, Any], name: str,
+              check: Callable[[Config], None], make_demo_data: Callable[[str], Any]) -> tuple[Config, Runtime, Run]:
+    """The config from a script's constants and the command line, checked by `check` before anything is
+    written; the device and the processes; the demo's data under `--demo`; and the run directory."""
+    cfg = configure(namespace, argv, demo_overrides)
+    check(cfg)
+    rt = setup(cfg.device)
+    if cfg.demo and rt.is_main:
+        make_demo_data(cfg.data_root)
+    # Rank 0 picks and prepares the folder; the other processes follow once it is ready.
+    defaults = constants_of(namespace)
+    folder = rt.broadcast(choose_run_dir(cfg, name, defaults=defaults) if rt.is_main else None)
+    run = Run(folder, cfg, writer=True, defaults=defaults) if rt.is_main else None
+    rt.barrier()
+    return cfg, rt, run if rt.is_main else Run(folder, cfg, writer=False, defaults=defaults)
+
+
+def iteration_table(summary: Mapping[str, Any], score: str) -> str:
+    """The teacher and every student: val and test `score`, pseudo-label quality, promotion."""
+    rows = [("teacher", summary["teacher"], "")]
+    rows += [(f"iteration {e['iteration']}", e, "yes" if e["promoted"] else "no") for e in summary["iterations"]]
+    extra = [k for k in ("pseudo_acc", "pseudo_pixel_acc", "pseudo_miou", "pseudo_ignored_frac")
+             if any(k in e for _, e, _ in rows)]
+    header = f"{'model':<12} {'val ' + score:>9} {'test ' + score:>9} " + "".join(f"{k:>20}" for k in extra)
+    lines = [header + f"{'promoted':>10}"]
+    for name, e, promoted in rows:
+        values = "".join(f"{_fmt(e.get(k)):>20}" for k in extra)
+        lines.append(f"{name:<12} {_fmt(e.get('val_' + score)):>9} {_fmt(e.get('test_' + score)):>9} "
+                     f"{values}{promoted:>10}")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)

@@ -3,7 +3,7 @@
 Training measures a model on CamVid's test set; this shows it on anything else (new video frames,
 another city) and hands its masks to other tools:
 
-    python -m utils.predict --checkpoint saved_models/pseudo_cam/teacher_best.pth.tar \\
+    python predict.py --checkpoint saved_models/pseudo_cam/teacher_best.pth.tar \\
         --images data/camvid/unlabeled/train --out predictions
 
 writes OUT/index/<name>.png (class indices 0..10, the format of the *_labels folders) and
@@ -24,15 +24,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from data.camvid import STATISTICS, decode_image, image_files, image_size
-from data.classes import NUM_CLASSES
-from data.mask_maker import index_to_colour
+from data.camvid import COLOURS, NUM_CLASSES, STATISTICS, decode_image, image_files, image_size
 from models.swiftnet import swiftnet_rn18
 from utils.checkpoint import load_checkpoint, load_weights
 from utils.dist import Runtime, resolve_device
 from utils.engine import predict_probs
 from utils.errors import UserError
 from utils.io import write_png
+from utils.pictures import colourise
 
 
 def load_model(path: Path, rt: Runtime) -> tuple[nn.Module, dict]:
@@ -76,7 +75,7 @@ def predict_folder(model: nn.Module, images: Path, out: Path, scale: float, batc
         for batch, size in same_size_batches(paths, batch_size):
             for path, labels in zip(batch, predict_batch(model, batch, size, scale, rt)):
                 write_png(out / "index" / f"{path.stem}.png", labels)
-                write_png(out / "colour" / f"{path.stem}.png", index_to_colour(labels))
+                write_png(out / "colour" / f"{path.stem}.png", colourise(labels, COLOURS))
             bar.update(len(batch))
     return len(paths)
 
