@@ -26,11 +26,11 @@ from data.synthetic import make_street_scenes
 from data.transforms import cutmix, photometric, scale_crop_flip
 from models.swiftnet import convert_reference_state_dict, swiftnet_rn18
 from utils.checkpoint import load_checkpoint, load_fitting, load_weights
-from utils.config import Config, check_choice, check_student_options
+from utils.config import Config, check_choice, check_loop, check_ranges
 from utils.dist import Runtime, seed_everything, teardown
 from utils.engine import Batch, Best, Candidate, batch_plan, cross_entropy, endless_batches, evaluate, fit, predict_probs
 from utils.errors import UserError
-from utils.io import probe_folder, write_json
+from utils.io import write_json
 from utils.pictures import prediction_pictures, pseudo_label_pictures
 from utils.pseudo import MeanTeacher, label_frames, pseudo_folder, pseudo_quality, soft_targets
 from utils.records import Run, iteration_table, start_run
@@ -92,11 +92,17 @@ DEMO = dict(DATA_ROOT="data/demo_camvid", SAVE_DIR="saved_models/demo_cam", PRET
 
 def check_config(cfg: Config) -> None:
     """Refuses, before the run directory records them, settings that would run but mean something else."""
-    check_student_options(cfg)
+    check_loop(cfg)
     check_choice(cfg, "normalization", tuple(STATISTICS))
-    if not 0 < cfg.pseudo_image_share <= 1:
-        raise UserError(f"--pseudo_image_share={cfg.pseudo_image_share}: the share of the pseudo-labeled frames "
-                        "the student learns from, above 0 and at most 1 (1 = all of them).")
+    check_ranges(cfg, {
+        "image_scale": (lambda v: 0 < v < math.inf, "a positive factor, e.g. 0.5 for half size"),
+        "crop_size": (lambda v: v >= 1, "the side of the square training crops in pixels, e.g. 448"),
+        "tta_scales": (lambda v: len(v) > 0 and all(0 < s < math.inf for s in v),
+                       "one or more positive scales, e.g. 0.75,1.0,1.25"),
+        "pseudo_image_share": (lambda v: 0 < v <= 1, "the share of the pseudo-labeled frames the student learns "
+                                                     "from, above 0 and at most 1 (1 = all of them)"),
+        "pictures": (lambda v: v >= 0, "how many images to draw after each model, 0 for none"),
+    })
     if cfg.pretrained_path and not cfg.pretrained:
         raise UserError(f"--pretrained_path={cfg.pretrained_path} holds ImageNet weights, but --pretrained=False "
                         "trains from scratch: set --pretrained=True to start from the file, or leave out "
@@ -306,11 +312,8 @@ def main(argv: list[str]) -> None:
     cfg, rt, run = start_run(globals(), argv, DEMO, "cam", check_config, make_demo_data)
     labeled, unlabeled, val, test_set = load_data(cfg, rt, run)
     if cfg.no_iter > 0 and rt.is_main:  # before the teacher trains for hours
-        try:
-            probe_folder(pseudo_root(cfg))
-        except OSError as error:
-            raise UserError(f"Cannot write pseudo-labels into {pseudo_root(cfg)} ({error.strerror}). "
-                            "Choose a writable place with --pseudo_root=PATH.") from error
+        run.hold(pseudo_root(cfg), "PSEUDO_ROOT", "runs that overlap need their own --pseudo_root, or wait for "
+                                                  "that run to finish")
     save_dir = Path(cfg.save_dir)
 
     def record(model: nn.Module, title: str, tag: str) -> dict[str, Any]:
@@ -399,3 +402,5 @@ if __name__ == "__main__":
         main(sys.argv[1:])
     except UserError as error:
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("Stopped by Ctrl-C. The same command resumes the run.")

@@ -25,7 +25,7 @@ from data.synthetic import make_cifar_like
 from data.transforms import cutout, photometric, translate_flip
 from models.resnet_cifar import ResNet18
 from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from utils.config import Config, check_student_options
+from utils.config import Config, check_loop, check_ranges
 from utils.dist import Runtime, seed_everything, teardown
 from utils.engine import Batch, Best, Candidate, batch_plan, cross_entropy, endless_batches, evaluate, fit, predict_probs
 from utils.errors import UserError
@@ -79,6 +79,13 @@ DEMO = dict(DATA_ROOT="data/demo_cifar", SAVE_DIR="saved_models/demo_cifar", LAB
             PSEUDO_EPOCHS=4, FINETUNE_EPOCHS=5)
 
 Images = tuple[torch.Tensor, torch.Tensor]  # uint8 (N,3,32,32) images and their int64 labels
+
+
+def check_config(cfg: Config) -> None:
+    """Refuses, before the run directory records them, settings that would run but mean something else."""
+    check_loop(cfg)
+    check_ranges(cfg, {"val_size": (lambda v: v >= 1, "images that choose the best checkpoint, at least 1"),
+                       "width": (lambda v: v >= 1, "channels of the first stage, e.g. 64")})
 
 
 def make_demo_data(root: str) -> None:
@@ -231,7 +238,7 @@ def pseudo_label(teacher_model: nn.Module, teacher: Candidate, iteration: int, u
 # ----------------------------------------------------------------------------- the experiment
 
 def main(argv: list[str]) -> None:
-    cfg, rt, run = start_run(globals(), argv, DEMO, "cif", check_student_options, make_demo_data)
+    cfg, rt, run = start_run(globals(), argv, DEMO, "cif", check_config, make_demo_data)
     labeled, val, unlabeled, test_set = load_data(cfg, rt, run)
     save_dir = Path(cfg.save_dir)
 
@@ -312,3 +319,5 @@ if __name__ == "__main__":
         main(sys.argv[1:])
     except UserError as error:
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("Stopped by Ctrl-C. The same command resumes the run.")

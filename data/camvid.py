@@ -91,6 +91,12 @@ def image_files(folder: Path) -> list[Path]:
     if not files:
         raise UserError(f"{folder} holds no images (.png/.jpg). Check DATA_ROOT, or prepare CamVid first "
                         "(README, 'Preparing CamVid').")
+    by_stem: dict[str, Path] = {}
+    for path in files:
+        if path.stem in by_stem:  # labels and pseudo-labels are named by the stem: two images would share one
+            raise UserError(f"{by_stem[path.stem].name} and {path.name} in {folder} have the same name before the "
+                            "extension: keep one of them, or rename the other.")
+        by_stem[path.stem] = path
     return files
 
 
@@ -198,14 +204,13 @@ def load_split(root: str | Path, subset: str, scale: float = 1.0) -> Segmentatio
 def load_unlabeled(folder: str | Path, scale: float = 1.0, limit: int = 0) -> SegmentationSet:
     """Unlabeled frames; `limit` > 0 keeps the first `limit` (sorted by name) for quick runs."""
     folder = Path(folder)
-    try:
-        paths = image_files(folder)
-    except UserError as error:
+    if not folder.is_dir() or not any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()):
         state = "holds no images (.png/.jpg)" if folder.is_dir() else "does not exist"
         raise UserError(f"{folder} {state}, but NO_ITER >= 1 with LABELED_FRACTION = 1 pseudo-labels the unlabeled "
                         f"frames there. Extract them with: python data/extract_frames.py VIDEO --out {folder} "
                         "(README, 'Preparing CamVid'); or use the split protocol (--labeled_fraction=1/8), or train "
-                        "the teacher alone (--no_iter=0).") from error
+                        "the teacher alone (--no_iter=0).")
+    paths = image_files(folder)
     if limit > 0:
         paths = paths[:limit]
     return SegmentationSet(load_images(paths, scale), None, [p.stem for p in paths], image_size(paths[0]))

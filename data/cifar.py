@@ -7,6 +7,7 @@ Images stay uint8: the model normalises them with MEAN and STD.
 """
 from __future__ import annotations
 
+import codecs
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,11 +136,31 @@ def _download(root: Path) -> None:
         raise DataError(f"The CIFAR-10 download left files missing. {_placement_help(root)}")
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Only what the CIFAR-10 format holds (dicts, lists, bytes, str, ints and numpy arrays): a pickle that
+    asks for anything else could run code, and is refused."""
+
+    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+               ("numpy.core.multiarray", "_reconstruct"): np.zeros(0).__reduce__()[0],
+               ("numpy._core.multiarray", "_reconstruct"): np.zeros(0).__reduce__()[0],
+               ("_codecs", "encode"): codecs.encode}  # how Python 3 pickles bytes at protocol 2
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.allowed:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a CIFAR-10 file never holds: "
+                                         "do not trust it")
+        return self.allowed[(module, name)]
+
+
+def read_pickle(path: Path) -> Any:
+    """A CIFAR-10 pickle, as the original Python 2 files must be read (keys come back as bytes)."""
+    with open(path, "rb") as f:
+        return _CifarUnpickler(f, encoding="bytes").load()
+
+
 def _unpickle(path: Path) -> dict[bytes, Any]:
-    """Read one file the way the original Python 2 pickles must be read: keys come back as bytes."""
     try:
-        with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="bytes")
+        entry = read_pickle(path)
     except OSError as error:
         raise DataError(f"{path} cannot be read ({error.strerror or error}); {_refetch_help(path)}") from error
     except Exception as error:  # a damaged pickle fails in many ways (overflow, memory, unknown opcodes)

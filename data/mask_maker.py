@@ -148,8 +148,12 @@ def pair_labels(src_dir: Path) -> dict[str, Path]:
 
 def read_colour_mask(path: Path) -> np.ndarray:
     """Decode a label picture as RGB, whatever mode (palette, RGBA) it was saved in."""
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as error:
+        raise SystemExit(f"mask_maker: {path} cannot be read as an image ({error}); replace it with the "
+                         "coloured mask of the CamVid release, or remove it.") from None
 
 
 def convert_file(src: Path, dst: Path, eleven_only: bool = False) -> int:

@@ -115,8 +115,12 @@ def segnet_table() -> np.ndarray:
 
 def remap_segnet_label(src: Path, dst: Path, table: np.ndarray) -> int:
     """Rewrite one SegNet label in thesis order; returns how many pixels had no SegNet class."""
-    with Image.open(src) as image:
-        label = np.asarray(image)
+    try:
+        with Image.open(src) as image:
+            label = np.asarray(image)
+    except (OSError, SyntaxError, ValueError) as error:
+        raise SystemExit(f"prepare_camvid: {src} cannot be read as an image ({error}); replace it with the "
+                         "file of the SegNet release.") from None
     if label.ndim != 2:
         raise SystemExit(f"prepare_camvid: {src} has shape {label.shape}; --segnet expects "
                          f"single-channel index labels (for coloured masks use --images/--labels).")
@@ -196,11 +200,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     splits = load_splits(args.splits)
-    if args.segnet is not None:
-        tasks = segnet_tasks(args.segnet, args.out, splits)
-    else:
-        tasks = official_tasks(args.images, args.labels, args.out, splits)
-    counts = run_tasks(tasks, args.workers)
+    # Everything is written beside OUT first and moved in at the end: a file that cannot be read stops the
+    # run with OUT as it was, not half replaced.
+    staging = args.out.parent / f".{args.out.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        if args.segnet is not None:
+            tasks = segnet_tasks(args.segnet, staging, splits)
+        else:
+            tasks = official_tasks(args.images, args.labels, staging, splits)
+        counts = run_tasks(tasks, args.workers)
+        for path in sorted(staging.rglob("*.png")):
+            target = args.out / path.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     report_unknown(counts)
     print(summary_line(splits, args.out, counts))
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from data.cifar import CIFAR_CLASSES, CIFAR_FOLDER, META_FILE, TEST_FILE, TRAIN_FILES
+from data.cifar import CIFAR_CLASSES, CIFAR_FOLDER, META_FILE, TEST_FILE, TRAIN_FILES, read_pickle
 from data.camvid import IGNORE_INDEX
 from utils.errors import UserError
 from utils.io import atomic_open, write_json, write_png
@@ -551,8 +551,7 @@ def _refuse_foreign_cifar(folder: Path) -> None:
 def _written_here(batch: Path) -> bool:
     """Recognise this generator's batches by their batch_label; real ones say 'training batch'."""
     try:
-        with open(batch, "rb") as f:
-            return pickle.load(f, encoding="bytes")[b"batch_label"].startswith(b"synthetic")
+        return read_pickle(batch)[b"batch_label"].startswith(b"synthetic")
     except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, AttributeError,
             ValueError):
         return False

@@ -151,8 +151,13 @@ def imagenet_state_dict(pretrained_path: str = "") -> dict[str, torch.Tensor]:
         if not path.is_file():
             raise UserError(f"PRETRAINED_PATH={pretrained_path} does not exist: point it at a "
                             "ResNet-18 state dict (e.g. torchvision's resnet18-f37072fd.pth).")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        return state.get("state_dict", state)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            return state.get("state_dict", state)
+        except Exception as error:  # damaged, truncated, not a state dict: all mean the same to the user
+            reason = (str(error).splitlines() or [type(error).__name__])[0]
+            raise UserError(f"PRETRAINED_PATH={pretrained_path} cannot be read as a state dict ({reason}): give "
+                            "a ResNet-18 state dict, e.g. torchvision's resnet18-f37072fd.pth.") from error
     weights = ResNet18_Weights.IMAGENET1K_V1
     try:
         return weights.get_state_dict(progress=False)

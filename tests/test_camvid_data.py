@@ -151,3 +151,12 @@ def test_hidden_and_non_image_files_are_ignored(scenes: Path) -> None:
     (scenes / "train" / ".DS_Store.png").write_bytes(b"junk")
     (scenes / "train_labels" / "README.txt").write_text("labels")
     assert len(load_split(scenes, "train")) == 4
+
+
+def test_two_frames_of_one_name_are_refused_naming_both(scenes: Path) -> None:
+    frames = scenes / "unlabeled" / "train"
+    first = sorted(frames.glob("*.png"))[0]
+    Image.open(first).convert("RGB").save(first.with_suffix(".jpg"))  # would share first's pseudo-label file
+    with pytest.raises(UserError, match=rf"{first.stem}\.jpg and {first.name} in .*unlabeled/train have the same "
+                                        r"name before the extension"):
+        load_unlabeled(frames)

@@ -63,6 +63,31 @@ def test_unreadable_file_names_the_file(root: Path) -> None:
         load_cifar10(root, download=False)
 
 
+class Payload:
+    """A pickle that creates a file when it is loaded: what a crafted data set could do instead."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("reader", ["load", "demo"])
+def test_a_batch_file_that_would_run_code_is_refused_and_never_runs_it(root: Path, tmp_path: Path,
+                                                                       reader: str) -> None:
+    marker = tmp_path / "ran"
+    path = root / CIFAR_FOLDER / "data_batch_1"
+    path.write_bytes(pickle.dumps({b"batch_label": b"synthetic", b"data": Payload(marker), b"labels": [0]}, protocol=2))
+    with pytest.raises((DataError, UserError), match=r"data_batch_1.*asks for .*never holds|holds CIFAR-10 files "
+                                                        r"this generator did not write"):
+        if reader == "load":
+            load_cifar10(root, download=False)
+        else:  # the demo reads the files it finds before it writes its own
+            make_cifar_like(root, n_train=50, n_test=10, seed=1)
+    assert not marker.exists()
+
+
 def test_missing_files_say_where_they_go(tmp_path: Path) -> None:
     with pytest.raises(DataError) as caught:
         load_cifar10(tmp_path, download=False)

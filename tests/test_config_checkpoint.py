@@ -1,6 +1,8 @@
 """The command-line configurator and the checkpoint files."""
 from __future__ import annotations
 
+import re
+
 import subprocess
 import sys
 from pathlib import Path
@@ -162,6 +164,22 @@ def test_a_damaged_checkpoint_is_a_user_error(tmp_path: Path, tiny_model: nn.Mod
     path.write_bytes(corrupt_bytes(kind, path.read_bytes()))
     with pytest.raises(UserError, match="damaged or not a checkpoint"):
         load_checkpoint(path)
+
+
+class Payload:
+    def __reduce__(self) -> tuple:
+        return (print, ("code ran",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_advice_to_load_it_unsafely(tmp_path: Path) -> None:
+    path = tmp_path / "model.pth.tar"
+    torch.save({"state_dict": {}, "extra": Payload()}, path)
+    with pytest.raises(UserError) as caught:
+        load_checkpoint(path)
+    message = str(caught.value)
+    assert re.match(rf"{path} is not a plain checkpoint: it holds Python objects that would run code when loaded "
+                    r"\(.*GLOBAL print.*\)\. Do not trust it", message), message
+    assert not any(advice in message for advice in ("weights_only", "succeed", "safe_globals", "allowlist"))
 
 
 def test_weights_of_another_class_count_are_refused_with_a_reason(tmp_path: Path) -> None:

@@ -174,6 +174,13 @@ def test_mask_maker_refuses_two_files_for_one_output(tmp_path: Path) -> None:
         mask_maker.main(["--src", str(tmp_path / "colour"), "--out", str(tmp_path / "index")])
 
 
+def test_mask_maker_names_a_file_that_is_no_image(tmp_path: Path) -> None:
+    write_png(tmp_path / "colour" / "a_L.png", solid((128, 128, 128)))
+    (tmp_path / "colour" / "b_L.png").write_text("not a picture")
+    with pytest.raises(SystemExit, match=r"mask_maker: .*colour/b_L\.png cannot be read as an image"):
+        mask_maker.main(["--src", str(tmp_path / "colour"), "--out", str(tmp_path / "index")])
+
+
 def test_mask_maker_runs_as_a_script_with_several_subsets(tmp_path: Path) -> None:
     for subset, colour in (("train", (128, 0, 0)), ("val", (0, 128, 192))):
         write_png(tmp_path / subset / "f_L.png", solid(colour))
@@ -251,6 +258,23 @@ def test_prepare_segnet_remaps_classes(tmp_path: Path) -> None:
         for name in names:
             assert np.array_equal(read(out / f"{subset}_labels" / name), expected[name])
             assert (out / subset / name).read_bytes() == (segnet / subset / name).read_bytes()
+
+
+def test_prepare_names_a_label_that_is_no_image_and_leaves_out_as_it_was(tmp_path: Path) -> None:
+    segnet = tmp_path / "segnet"
+    for subset, names in TINY_SPLITS.items():
+        for name in names:
+            write_png(segnet / subset / name, solid((0, 0, 0)))
+            write_png(segnet / f"{subset}annot" / name, np.zeros((2, 3), np.uint8))
+    (segnet / "valannot" / "0016E5_07959.png").write_text("not a picture")
+    out = tmp_path / "camvid"
+    write_png(out / "train" / "kept.png", solid((1, 2, 3)))  # an earlier layout
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit, match=r"prepare_camvid: .*valannot/0016E5_07959\.png cannot be read as an image"):
+        prepare_camvid.main(["--segnet", str(segnet), "--out", str(out),
+                             "--splits", str(write_splits(tmp_path / "splits", TINY_SPLITS))])
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["camvid", "segnet", "splits"]  # no staging left behind
 
 
 def test_prepare_segnet_checks_each_subset(tmp_path: Path) -> None:

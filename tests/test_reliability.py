@@ -139,7 +139,7 @@ def read_json(path: Path) -> Any:
 def progress_of(run: Path) -> dict[str, Any]:
     """The finished phases; none before progress.json is first written."""
     path = run / "progress.json"
-    return read_json(path) if path.is_file() else {}
+    return read_json(path)["phases"] if path.is_file() else {}
 
 
 def comparable(summary: dict[str, Any]) -> dict[str, Any]:
@@ -199,7 +199,7 @@ def test_a_killed_teacher_resumes_to_the_result_of_an_uninterrupted_run(scenes16
     epochs = [m["epoch"] for m in lines if m["phase"] == "teacher"]
     assert set(epochs) == set(range(1, EPOCHS + 1)) and epochs[-1] == EPOCHS
     assert epochs.count(1) == 1, "the re-run started the teacher over instead of resuming it"
-    progress = read_json(run / "progress.json")
+    progress = read_json(run / "progress.json")["phases"]
     assert progress["teacher"]["epochs"] == EPOCHS
     best = torch.load(killed / "ckpt" / "teacher_best.pth.tar", map_location="cpu", weights_only=True)
     assert best["epoch"] == progress["teacher"]["best_epoch"]
@@ -317,14 +317,6 @@ def _cam_on_missing_gpu(data: Path, work: Path) -> None:
     _cam(data, work, device="cuda")
 
 
-def _damaged_resume_checkpoint(data: Path, work: Path) -> None:
-    _cam(data, work)
-    for record in ("progress.json", "summary.json"):  # as if the run had stopped in the teacher's phase
-        (work / "run" / record).unlink()
-    (work / "run" / "last_teacher.pth.tar").write_bytes(b"not a checkpoint")
-    _cam(data, work)
-
-
 def _cif(root: Path, work: Path, **overrides: Any) -> None:
     settings = {"data_root": root, "device": "cpu", "width": 8, "val_size": 20, "batch_size": 16,
                 "teacher_epochs": 1, "no_iter": 0, "save_dir": work / "ckpt", "run_dir": work / "run"}
@@ -382,10 +374,8 @@ BAD_INPUT: list[tuple[str, Callable[[Path, Path, pytest.MonkeyPatch], None], str
      r"teacher_best\.pth\.tar does not exist.*SAVE_DIR"),
     ("checkpoint_corrupt", lambda d, w, m: ((w / "c.pth.tar").write_bytes(b"\x80\x02garbage"),
                                             load_checkpoint(w / "c.pth.tar")),
-     r"c\.pth\.tar is damaged or not a checkpoint \(weights_only=True refuses it: Unsupported operand \d+\)\. "
-     r"Restore a copy, or delete it and train again: --resume=False starts a run over\.$"),
-    ("resume_checkpoint_corrupt", lambda d, w, m: _damaged_resume_checkpoint(d, w),
-     r"last_teacher\.pth\.tar is damaged or not a checkpoint.*Restore a copy.*--resume=False"),
+     r"c\.pth\.tar is damaged or not a checkpoint \(Unsupported operand \d+\)\. "
+     r"Restore a copy, or train it again: --resume=False starts its run over\.$"),
     ("checkpoint_of_other_classes", lambda d, w, m: _checkpoint_of_5_classes(w),
      r"five\.pth\.tar does not fit this model.*\(5, .*\(11, .*another number of classes"),
     ("unknown_constant", lambda d, w, m: _cam(d, w, batchsize=4),
@@ -395,11 +385,11 @@ BAD_INPUT: list[tuple[str, Callable[[Path, Path, pytest.MonkeyPatch], None], str
     ("mistyped_bool", lambda d, w, m: _cam(d, w, pretrained="maybe"),
      r"--pretrained=maybe: expected a bool.*PRETRAINED"),
     ("run_dir_below_a_file", lambda d, w, m: _cam(d, w, run_dir=_a_file(w) / "run"),
-     r"Cannot write the run directory .*afile/run \(Not a directory\).*--run_dir=PATH"),
+     r"Cannot write into RUN_DIR=.*afile/run \(Not a directory\).*--run_dir=PATH"),
     ("save_dir_below_a_file", lambda d, w, m: _cam(d, w, save_dir=_a_file(w) / "ckpt"),
-     r"Cannot write checkpoints to SAVE_DIR=.*afile/ckpt.*--save_dir=PATH"),
+     r"Cannot write into SAVE_DIR=.*afile/ckpt \(Not a directory\).*--save_dir=PATH"),
     ("labeled_fraction_zero", lambda d, w, m: _cam(d, w, labeled_fraction=0),
-     r"LABELED_FRACTION=0\.0 must be in \(0, 1\]"),
+     r"--labeled_fraction=0\.0: the share of the train images that keeps its labels, in \(0, 1\]"),
     ("mean_teacher_without_soft_targets", lambda d, w, m: _cam(d, w, pseudo_ema=0.99, student_init="teacher"),
      r"--pseudo_ema=0\.99 moves the teacher that gives PSEUDO_SOFT's targets.*--pseudo_soft=True and "
      r"--student_init=teacher"),
@@ -451,7 +441,7 @@ def test_a_pretrained_path_without_pretrained_stops_before_the_run_directory_rec
 
 def test_an_unwritable_pseudo_root_stops_before_the_teacher_trains(data: Path, tmp_path: Path) -> None:
     loop = {"no_iter": 1, "pseudo_epochs": 1, "finetune_epochs": 1}
-    with pytest.raises(UserError, match=r"Cannot write pseudo-labels into .*afile/pseudo "
+    with pytest.raises(UserError, match=r"Cannot write into PSEUDO_ROOT=.*afile/pseudo "
                                         r"\(Not a directory\).*--pseudo_root=PATH"):
         _cam(data, tmp_path, pseudo_root=_a_file(tmp_path) / "pseudo", **loop)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # no teacher epoch was spent before the error
@@ -504,13 +494,42 @@ def test_another_config_in_a_run_dir_names_the_keys_and_resume_false_starts_over
     config = read_json(run / "config.json")
     assert (config["batch_size"], config["crop_size"], config["resume"]) == (2, 24, False)
     assert [m["epoch"] for m in metrics(run)] == [1, 2]  # the old run's lines are gone
-    assert read_json(run / "progress.json")["teacher"]["epochs"] == 2
+    assert read_json(run / "progress.json")["phases"]["teacher"]["epochs"] == 2
 
 
 def test_a_mistyped_choice_stops_before_the_run_directory_records_it(data: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"--student_schedule=jiont: expected 'staged' or 'joint'"):
         _cam(data, tmp_path, student_schedule="jiont")
     assert not (tmp_path / "run").exists()
+
+
+# A value outside what each constant means, and the words of its refusal.
+OUT_OF_RANGE = [
+    ("image_scale", 0, r"a positive factor"), ("image_scale", -0.5, r"a positive factor"),
+    ("pseudo_threshold", 1.5, r"a confidence between 0 \(keep everything\) and 1"),
+    ("pseudo_threshold", "nan", r"a confidence between 0"),
+    ("batch_size", 1, r"at least 2"), ("eval_each", 0, r"at least 1"), ("eval_batch_size", 0, r"at least 1"),
+    ("tta_scales", "", r"one or more positive scales"), ("tta_scales", "0,1", r"one or more positive scales"),
+    ("crop_size", 0, r"the side of the square training crops"), ("teacher_lr", "nan", r"a learning rate, 0 or more"),
+    ("finetune_lr", -1e-3, r"a learning rate, 0 or more"), ("teacher_epochs", 0, r"at least 1"),
+    ("pseudo_epochs", -2, r"at least 1"), ("no_iter", -1, r"0 \(the teacher alone\) or more"),
+    ("labeled_fraction", 1.5, r"in \(0, 1\]"), ("weight_decay", "inf", r"0 or more"),
+]
+
+
+@pytest.mark.parametrize("name, value, allowed", OUT_OF_RANGE, ids=[f"{n}={v}" for n, v, _ in OUT_OF_RANGE])
+def test_a_constant_out_of_its_range_is_refused_before_anything_is_written(data: Path, tmp_path: Path, name: str,
+                                                                          value: Any, allowed: str) -> None:
+    with pytest.raises(UserError, match=f"^--{name}=.*: .*{allowed}"):
+        _cam(data, tmp_path, **{name: value})
+    assert not (tmp_path / "run").exists() and not (tmp_path / "ckpt").exists()
+
+
+def test_a_damaged_pretrained_path_is_named(data: Path, tmp_path: Path) -> None:
+    weights = tmp_path / "resnet18.pth"
+    weights.write_bytes(b"PK\x03\x04 half a zip")
+    with pytest.raises(UserError, match=r"PRETRAINED_PATH=.*resnet18\.pth cannot be read as a state dict"):
+        _cam(data, tmp_path, pretrained=True, pretrained_path=weights)
 
 
 def test_a_run_from_before_a_new_constant_resumes_while_that_constant_keeps_its_default(data: Path,
@@ -629,43 +648,47 @@ def test_a_run_killed_before_any_phase_finished_still_names_the_code_that_starte
     assert read_json(tmp_path / "run" / "summary.json")["code_versions"] == ["first0000000", "second000000"]
 
 
-def test_an_unreadable_config_json_is_named_and_resume_false_replaces_it(data: Path, tmp_path: Path) -> None:
-    _cam(data, tmp_path)
-    (tmp_path / "run" / "config.json").write_text("{half a file")
-    with pytest.raises(UserError, match=r"config\.json cannot be read.*--resume=False"):
-        _cam(data, tmp_path)
-    _cam(data, tmp_path, resume=False)  # what the message says to do works
-    assert read_json(tmp_path / "run" / "summary.json")["finished"]
-
-
 # ----------------------------------------------------------------------------- divergence
 
-def test_a_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny_scenes: Path, tmp_path: Path) -> None:
-    # One step per epoch: epoch 1 reports the loss before its only step, the huge step ruins epoch 2.
-    with pytest.raises(TrainingDiverged, match=r"loss of phase teacher became nan in epoch 2.*last_teacher\.pth\.tar"
-                                               r".*Lower the learning rate"):
+def test_a_model_that_diverges_is_never_saved_and_the_message_says_nothing_was(tiny_scenes: Path,
+                                                                               tmp_path: Path) -> None:
+    # One step per epoch: epoch 1 reports the loss before its only step, which ruins the model. Its validation
+    # score (every pixel one class) was once saved as the best checkpoint and pseudo-labeled from.
+    with pytest.raises(TrainingDiverged, match=r"Training diverged in phase teacher, epoch 1: its (weights|logits).* "
+                                               r"NaN or infinite\. Nothing of this phase was saved\. Lower the "
+                                               r"learning rate"):
         _cam(tiny_scenes, tmp_path, teacher_epochs=3, teacher_lr=1e30)
-    last = load_checkpoint(tmp_path / "run" / "last_teacher.pth.tar")
-    assert last["epoch"] == 1 and "optimizer" in last
-    assert all(torch.isfinite(t).all() for t in last["state_dict"].values() if t.is_floating_point())
+    assert not (tmp_path / "ckpt" / "teacher_best.pth.tar").exists()
+    assert not (tmp_path / "run" / "last_teacher.pth.tar").exists()
     assert "teacher" not in progress_of(tmp_path / "run")
-    assert [m["epoch"] for m in metrics(tmp_path / "run")] == [1]  # the NaN epoch is not recorded
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # the diverged epoch is not recorded
     assert issubclass(TrainingDiverged, UserError)  # printed without a traceback
 
 
-def test_a_loss_that_is_nan_from_the_start_does_not_point_to_a_missing_file(tmp_path: Path) -> None:
+def test_divergence_after_a_good_epoch_keeps_the_last_good_state(tmp_path: Path) -> None:
     from utils.engine import Best, fit
 
     model = torch.nn.Linear(2, 2)
-    batch = (torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))
+    batch = (torch.ones(4, 2), torch.zeros(4, dtype=torch.long))
+    scale = [1.0]
+
+    def loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(out, target) * scale[0]
+
+    def validate(m: torch.nn.Module) -> tuple[float, dict[str, Any]]:
+        scale[0] = float("nan")  # the epoch after the first evaluation diverges
+        return 50.0, {}
+
     run = Run(tmp_path / "run", {"run_dir": str(tmp_path / "run"), "resume": True})
-    best = Best(tmp_path / "ckpt" / "best.pth.tar", "val_iou")
-    with pytest.raises(TrainingDiverged, match=r"became nan in epoch 1") as caught:
-        fit(model, "teacher", 0, lambda g: iter([batch]), 1, 2, lambda out, target: out.sum() * float("nan"),
-            torch.optim.SGD(model.parameters(), lr=0.1), best, lr_min=0.0, seed=0, validate=lambda m: (0.0, {}),
+    with pytest.raises(TrainingDiverged, match=r"epoch 2: its loss became nan\. The last good state is kept in "
+                                               r".*last_teacher\.pth\.tar; a re-run resumes from it") as caught:
+        fit(model, "teacher", 0, lambda g: iter([batch]), 1, 3, loss, torch.optim.SGD(model.parameters(), lr=0.1),
+            Best(tmp_path / "ckpt" / "best.pth.tar", "val_iou"), lr_min=0.0, seed=0, validate=validate,
             eval_each=1, run=run, rt=Runtime(torch.device("cpu")))
+    last = load_checkpoint(tmp_path / "run" / "last_teacher.pth.tar")
+    assert last["epoch"] == 1 and all(torch.isfinite(t).all() for t in last["state_dict"].values())
     named = [word.strip(".,;") for word in str(caught.value).split() if ".pth.tar" in word]
-    assert all(Path(path).exists() for path in named), f"the message names missing files {named}"
+    assert named and all(Path(path).exists() for path in named)
 
 
 # ----------------------------------------------------------------------------- determinism

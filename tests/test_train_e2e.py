@@ -33,7 +33,7 @@ def teacher_run(tmp_path_factory: pytest.TempPathFactory, main_args: Callable[..
         "work": work,
         "summary": json.loads((run / "summary.json").read_text()),
         "config": json.loads((run / "config.json").read_text()),
-        "progress": json.loads((run / "progress.json").read_text()),
+        "progress": json.loads((run / "progress.json").read_text())["phases"],
         "metrics": [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()],
     }
 

@@ -28,10 +28,11 @@ def save_checkpoint(path: str | os.PathLike, **fields: Any) -> None:
     try:
         with atomic_open(path, "wb") as f:
             torch.save(fields, f)
-    except OSError as error:  # a full disk, a folder that became read-only: the previous file is kept
-        raise UserError(f"Cannot write checkpoint {path} ({error.strerror or error}). Free some disk space and "
-                        "re-run the same command to resume, or start over in a writable place (--save_dir=PATH, "
-                        "--run_dir=PATH).") from error
+    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+        raise UserError(f"Cannot write checkpoint {path} ({reason}). The previous file is kept: free some disk "
+                        f"space in {Path(path).parent} and run the same command again to resume, or start over in "
+                        "a writable place (--save_dir=PATH, --run_dir=PATH).") from error
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -42,19 +43,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch.load fails in many ways on a damaged file; all mean the same here
-        reason = _load_failure(error)
+        text = str(error)
+        lines = [line.strip() for line in text.split("WeightsUnpickler error:")[-1].splitlines() if line.strip()]
+        if "GLOBAL" in text:  # a pickle that asks for Python objects, not only tensors and plain values
+            detail = next(line for line in lines if "GLOBAL" in line).split(". Please use")[0].rstrip(".")
+            raise UserError(f"{path} is not a plain checkpoint: it holds Python objects that would run code when "
+                            f"loaded ({detail}). Do not trust it; checkpoints of this project hold tensors and "
+                            "plain values only.") from error
+        reason = lines[0] if "WeightsUnpickler error:" in text else (text.splitlines() or [type(error).__name__])[0]
         raise UserError(f"Checkpoint {path} is damaged or not a checkpoint ({reason}). Restore a copy, or "
-                        "delete it and train again: --resume=False starts a run over.") from error
-
-
-def _load_failure(error: Exception) -> str:
-    """Why torch.load failed, in one line, without its advice to load the file unsafely."""
-    text = str(error)
-    if "WeightsUnpickler error:" in text:
-        detail = text.split("WeightsUnpickler error:", 1)[1].strip()
-        detail = (detail.splitlines() or [""])[0].split(". Please use")[0]
-        return f"weights_only=True refuses it: {detail}"
-    return (text.splitlines() or [type(error).__name__])[0]
+                        "train it again: --resume=False starts its run over.") from error
 
 
 def load_weights(model: nn.Module, checkpoint: dict[str, Any], path: str | os.PathLike) -> None:

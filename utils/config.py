@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from fractions import Fraction
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from utils.errors import UserError
 
@@ -100,18 +101,47 @@ def check_choice(cfg: Mapping[str, Any], name: str, allowed: Sequence[str]) -> N
                         f"{name.upper()} at the top of the script says what each does.")
 
 
-def check_student_options(cfg: Mapping[str, Any]) -> None:
-    """Refuses student settings, common to both scripts, that would run but mean something else than asked."""
+def check_ranges(cfg: Mapping[str, Any], rules: Mapping[str, tuple[Callable[[Any], bool], str]]) -> None:
+    """Refuses a constant whose value its rule rejects, naming what it allows (NaN fails every comparison)."""
+    for name, (allowed, text) in rules.items():
+        if not allowed(cfg[name]):
+            raise UserError(f"--{name}={cfg[name]}: {text}.")
+
+
+def _rate(value: float) -> bool:
+    return math.isfinite(value) and value >= 0
+
+
+# The constants both scripts share, and the values that mean something.
+LOOP_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "batch_size": (lambda v: v >= 2, "the batch of all processes together, at least 2 (BatchNorm needs two)"),
+    "eval_batch_size": (lambda v: v >= 1, "images per evaluation batch, at least 1"),
+    "eval_each": (lambda v: v >= 1, "validate every this many epochs, at least 1"),
+    "teacher_epochs": (lambda v: v >= 1, "at least 1"),
+    "pseudo_epochs": (lambda v: v >= 1, "at least 1"),
+    "finetune_epochs": (lambda v: v >= 1, "at least 1"),
+    "teacher_lr": (_rate, "a learning rate, 0 or more"),
+    "pseudo_lr": (_rate, "a learning rate, 0 or more"),
+    "finetune_lr": (_rate, "a learning rate, 0 or more"),
+    "lr_min": (_rate, "the rate the cosine schedule ends at, 0 or more"),
+    "weight_decay": (_rate, "0 or more"),
+    "no_iter": (lambda v: v >= 0, "the number of pseudo-labeling iterations, 0 (the teacher alone) or more"),
+    "labeled_fraction": (lambda v: 0 < v <= 1, "the share of the train images that keeps its labels, in (0, 1]"),
+    "max_unlabeled": (lambda v: v >= 0, "a cap on the unlabeled images, 0 for none"),
+    "pseudo_threshold": (lambda v: 0 <= v <= 1, "a confidence between 0 (keep everything) and 1"),
+    "joint_labeled_share": (lambda v: 0 < v < 1, "the labeled share of each joint batch, between 0 and 1 (both "
+                                                 "ends excluded: a joint batch needs crops of both kinds)"),
+    "pseudo_ema": (lambda v: 0 <= v < 1, "the momentum of the mean teacher, at least 0 (off) and below 1, e.g. 0.99"),
+}
+
+
+def check_loop(cfg: Mapping[str, Any]) -> None:
+    """Refuses loop settings, common to both scripts, that would run but mean something else than asked,
+    before anything is written (a value corrected later would be another config)."""
     check_choice(cfg, "student_schedule", ("staged", "joint"))
     check_choice(cfg, "student_init", ("fresh", "teacher"))
-    labeled = cfg["joint_labeled_share"]
-    if not 0 < labeled < 1:
-        raise UserError(f"--joint_labeled_share={labeled}: the labeled share of each joint batch, between 0 and 1 "
-                        "(both ends excluded: a joint batch needs crops of both kinds).")
+    check_ranges(cfg, LOOP_RULES)
     momentum = cfg["pseudo_ema"]
-    if not 0 <= momentum < 1:
-        raise UserError(f"--pseudo_ema={momentum}: the momentum of the mean teacher, at least 0 (off) and below 1, "
-                        "e.g. 0.99.")
     if momentum > 0 and not (cfg["pseudo_soft"] and cfg["student_init"] == "teacher"):
         raise UserError(f"--pseudo_ema={momentum} moves the teacher that gives PSEUDO_SOFT's targets towards a "
                         "student that started from it: set --pseudo_soft=True and --student_init=teacher (a fresh "

@@ -33,6 +33,16 @@ class TrainingDiverged(UserError):
     pass
 
 
+class NonFiniteLogits(UserError):
+    pass
+
+
+def finite(model: nn.Module) -> bool:
+    """Whether every weight and BatchNorm statistic is a finite number."""
+    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack([t.isfinite().all() for t in tensors]).all())
+
+
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """Mean over the pixels (or samples) that are not ignored; 0 when a batch is all ignored.
 
@@ -150,12 +160,16 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_c
     """Confusion matrix of `model` on a labeled set, each process taking every world-th batch."""
     model.eval()
     cm = ConfusionMatrix(num_classes, rt.device)
+    all_finite = torch.ones((), dtype=torch.bool, device=rt.device)  # checked once at the end: no sync per batch
     starts = range(rt.rank * batch_size, len(images), batch_size * rt.world)
     for start in tqdm(starts, desc="eval", leave=False, disable=not rt.is_main, dynamic_ncols=True):
         batch = images[start : start + batch_size].to(rt.device, non_blocking=True)
         with rt.autocast():
             logits = model(batch)
+        all_finite &= logits.isfinite().all()
         cm.update(labels[start : start + batch_size].to(rt.device, non_blocking=True), logits.argmax(1))
+    if not all_finite:
+        raise NonFiniteLogits("The model's logits are NaN or infinite: its weights have diverged.")
     cm.reduce()
     return cm
 
@@ -194,6 +208,33 @@ def _restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+RESUME_FIELDS = ("state_dict", "optimizer", "scheduler", "rng", "epoch", "seconds", "loss", "best_score", "best_epoch")
+
+
+def _resume_state(path: Path, with_mean_teacher: bool, phase: str, run: Run) -> dict[str, Any] | None:
+    """The phase's resume checkpoint; None when there is none, or when it cannot be used (then the phase
+    starts over, which only costs the time it had trained)."""
+    if not path.is_file():
+        return None
+    try:
+        state = load_checkpoint(path)
+    except UserError as error:
+        run.note(True, f"{error} The phase {phase} starts over.")
+        return None
+    missing = [field for field in RESUME_FIELDS + (("mean_teacher",) if with_mean_teacher else ()) if field not in state]
+    if missing:
+        run.note(True, f"{path} lacks {', '.join(missing)} to resume from: the phase {phase} starts over.")
+        return None
+    return state
+
+
+def _diverged(phase: str, epoch: int, what: str, last_path: Path) -> TrainingDiverged:
+    kept = (f"The last good state is kept in {last_path}; a re-run resumes from it" if last_path.is_file()
+            else "Nothing of this phase was saved")
+    return TrainingDiverged(f"Training diverged in phase {phase}, epoch {epoch}: {what}. {kept}. Lower the learning "
+                            "rate (a changed config needs --resume=False or another --run_dir) and run again.")
+
+
 # The resume checkpoint holds the optimizer state (141 MB for SwiftNet-RN18 with Adam). Saving it
 # took about 0.34 s, a third of a two-step epoch of a 23-image teacher; between evaluations it is
 # written once this many seconds have passed, the most training a kill can cost.
@@ -219,15 +260,19 @@ def fit(model: nn.Module, phase: str, iteration: int, batches: Callable[[torch.G
     last_path = run.last_checkpoint(phase)
     finished = run.done(phase)
     if finished is not None:
-        load_weights(model, load_checkpoint(last_path), last_path)
-        best.score, best.epoch = finished["best_score"], finished["best_epoch"]
-        return finished
+        try:
+            load_weights(model, load_checkpoint(last_path), last_path)
+            best.score, best.epoch = finished["best_score"], finished["best_epoch"]
+            return finished
+        except UserError as error:  # the final weights are lost; training the phase again makes them anew
+            run.note(True, f"{error} The finished phase {phase} is trained again to rebuild them.")
+            run.mark_done(phase, None)
 
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, epochs * steps), eta_min=lr_min)
     generator = torch.Generator().manual_seed(seed * 1009 + zlib.crc32(phase.encode()))
     start_epoch, seconds, loss = 0, 0.0, math.nan
-    if last_path.is_file():
-        state = load_checkpoint(last_path)
+    state = _resume_state(last_path, mean_teacher is not None, phase, run)
+    if state is not None:
         load_weights(model, state, last_path)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -236,6 +281,7 @@ def fit(model: nn.Module, phase: str, iteration: int, batches: Callable[[torch.G
         best.score, best.epoch = state["best_score"], state["best_epoch"]
         if mean_teacher is not None:
             mean_teacher.model.load_state_dict(state["mean_teacher"])
+    run.forget_epochs_after(phase, start_epoch)  # epochs logged after the resume checkpoint are trained again
     # What the phase's checkpoints keep beside the model: the teacher that follows it.
     companions = (lambda: {}) if mean_teacher is None else (lambda: {"mean_teacher": mean_teacher.model.state_dict()})
 
@@ -249,12 +295,9 @@ def fit(model: nn.Module, phase: str, iteration: int, batches: Callable[[torch.G
         began = time.perf_counter()
         loss = train_one_epoch(train_model, batches(generator), steps, optimizer, scheduler, loss_fn, rt,
                                desc=f"epoch {epoch}", after_step=mean_teacher.update if mean_teacher else None)
-        if not math.isfinite(loss):
-            kept = (f"The last good state is kept in {last_path}; a re-run resumes from it"
-                    if last_path.is_file() else "No epoch of this phase had finished, so nothing was saved")
-            raise TrainingDiverged(f"The loss of phase {phase} became {loss} in epoch {epoch}. {kept}. "
-                                   "Lower the learning rate (a changed config needs --resume=False or another "
-                                   "--run_dir) and run again.")
+        if not math.isfinite(loss) or not finite(model):
+            raise _diverged(phase, epoch, f"its loss became {loss}" if not math.isfinite(loss) else
+                            "its weights became NaN or infinite", last_path)
         seconds += time.perf_counter() - began
         entry = {"phase": phase, "iteration": iteration, "epoch": epoch, "loss": loss,
                  "lr": scheduler.get_last_lr()[0], "seconds": round(seconds, 3)}
@@ -263,7 +306,11 @@ def fit(model: nn.Module, phase: str, iteration: int, batches: Callable[[torch.G
             rt.sync_buffers(mean_teacher.model)
         evaluated = epoch % eval_each == 0 or epoch == epochs
         if evaluated:
-            score, details = validate(model)
+            try:
+                score, details = validate(model)
+            except NonFiniteLogits:
+                raise _diverged(phase, epoch, "its logits on the validation images became NaN or infinite",
+                                last_path) from None
             entry.update(score=score, **details, **(monitor(model) if monitor else {}))
             if mean_teacher is not None:  # often the better model of the two (Mean Teacher)
                 entry["mean_teacher_score"] = validate(mean_teacher.model)[0]
@@ -281,7 +328,7 @@ def fit(model: nn.Module, phase: str, iteration: int, batches: Callable[[torch.G
                             state_dict=model.state_dict(), optimizer=optimizer.state_dict(),
                             scheduler=scheduler.state_dict(), rng=_rng_state(generator), loss=loss,
                             seconds=seconds, best_score=best.score, best_epoch=best.epoch, config=dict(run.config),
-                            **companions())
+                            run_id=run.id, **companions())
         rt.barrier()
     result = {"best_score": best.score, "best_epoch": best.epoch, "epochs": epochs, "loss": loss,
               "seconds": round(seconds, 3)}
@@ -291,6 +338,6 @@ def fit(model: nn.Module, phase: str, iteration: int, batches: Callable[[torch.G
         # The optimizer state is only needed to resume inside the phase: keep the final weights alone
         # (and those of the mean teacher, which one may want to evaluate).
         save_checkpoint(last_path, phase=phase, iteration=iteration, epoch=epochs, state_dict=model.state_dict(),
-                        best_score=best.score, config=dict(run.config), **companions())
+                        result=result, config=dict(run.config), run_id=run.id, **companions())
     rt.barrier()
     return result

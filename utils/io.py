@@ -1,4 +1,4 @@
-"""Atomic file writing: every file the project writes goes through here.
+"""Atomic file writing, and folders held by one process: every file the project writes goes through here.
 
 A run can be killed at any moment (SIGKILL, a cluster's time limit). Writing to a temporary
 name in the same folder and renaming it over the target means a reader sees either the old
@@ -6,12 +6,18 @@ file or the complete new one, never half of one.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
+
+try:
+    import fcntl
+except ImportError:  # Windows: folders are not locked
+    fcntl = None
 
 import numpy as np
 from PIL import Image
@@ -46,12 +52,41 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         raise
 
 
-def probe_folder(folder: str | os.PathLike) -> None:
-    """Creates `folder` if needed and checks a file can be written there; OSError if not."""
-    folder = Path(folder)
+def remove_temporary_files(folder: Path) -> None:
+    """The temporary files (`.NAME.*.tmp`) that writes killed half-way left in a folder this process holds."""
+    for stale in Path(folder).glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+class FolderInUse(Exception):
+    def __init__(self, holder: str):
+        super().__init__(holder)
+        self.holder = holder
+
+
+_held: dict[Path, IO] = {}  # the lock files this process holds, open until it exits
+
+
+def lock_folder(folder: Path, holder: str) -> None:
+    """Holds `folder` for the rest of this process (the operating system lets go when it ends, also on a
+    kill); FolderInUse names the holder if another process holds it. Holding it twice is holding it."""
+    folder = folder.resolve()
+    if folder in _held or fcntl is None:
+        return
     folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=folder):
-        pass
+    lock = open(folder / ".lock", "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        other = lock.read().strip() or "another process"
+        lock.close()
+        raise FolderInUse(other) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(holder + "\n")
+    lock.flush()
+    _held[folder] = lock
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -60,12 +95,24 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         f.write("\n")
 
 
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_open(path, "w") as f:
+        f.write(text)
+
+
 def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
-    """One line per record; a line is written with a single write call, so it is whole or absent."""
+    """One line per record, whole or absent: a write that fails (a full disk) is cut off again."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(obj) + "\n")
+    line = (json.dumps(obj) + "\n").encode()
+    with open(path, "ab", buffering=0) as f:
+        end = f.seek(0, os.SEEK_END)
+        try:
+            if f.write(line) != len(line):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            f.truncate(end)
+            raise
 
 
 def write_png(path: str | os.PathLike, array: np.ndarray) -> None:

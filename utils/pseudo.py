@@ -64,10 +64,12 @@ def pseudo_folder(root: str | Path, iteration: int) -> Path:
 
 
 def _is_complete(path: Path, size: tuple[int, int]) -> bool:
+    """Decoded whole: a truncated file (a copy cut short, a full disk) is written again."""
     try:
         with Image.open(path) as image:
+            image.load()
             return image.size == size and image.mode == "L"
-    except OSError:
+    except (OSError, SyntaxError, ValueError):
         return False
 
 

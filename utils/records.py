@@ -5,7 +5,7 @@
         metrics.jsonl    one line per evaluation (phase, iteration, epoch, loss, lr, score, ...)
         summary.json     teacher and per-iteration results (percent values), timings in seconds
         progress.json    finished phases and their results, so a re-run skips them
-        last_<phase>.pth.tar   resume state of each phase
+        last_<phase>.pth.tar   resume state of each phase; a finished phase's final weights
 
 Re-running the same command finds the unfinished run whose config.json matches and carries on.
 """
@@ -14,6 +14,8 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
+import socket
 import subprocess
 import time
 import uuid
@@ -23,10 +25,11 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from tqdm import tqdm
 
+from utils.checkpoint import load_checkpoint
 from utils.config import Config, configure, constants_of
 from utils.dist import Runtime, setup
 from utils.errors import UserError
-from utils.io import append_jsonl, probe_folder, write_json
+from utils.io import FolderInUse, append_jsonl, lock_folder, remove_temporary_files, write_json, write_text
 
 # Settings that may change between a run and its resumption without changing the experiment.
 # PSEUDO_ROOT is only where pseudo-labels are cached (they are remade there), so a run that could
@@ -61,26 +64,42 @@ def differing_settings(saved: Mapping[str, Any], config: Mapping[str, Any],
                   and not (k not in saved and k in defaults and config.get(k) == defaults[k]))
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path) -> Any | None:
+    """The JSON of `path`; None when it is missing or cannot be read (a damaged file is rebuilt, not trusted)."""
     try:
         return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise UserError(f"{path} cannot be read ({error}). Delete the run directory or pass --resume=False.") from error
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _checkpoints(folder: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(phase, checkpoint) of every readable last_<phase>.pth.tar of a run directory."""
+    for path in sorted(folder.glob("last_*.pth.tar")):
+        try:
+            yield path.name[len("last_"):-len(".pth.tar")], load_checkpoint(path)
+        except UserError:
+            continue  # damaged: the phase is trained again when it is reached
+
+
+def saved_config(folder: Path) -> dict[str, Any] | None:
+    """The config a run directory was started with: config.json, or if that was damaged the config its
+    checkpoints keep; None when neither tells (then nothing was trained there)."""
+    config = _read_json(folder / "config.json")
+    if isinstance(config, dict):
+        return config
+    return next((checkpoint["config"] for _, checkpoint in _checkpoints(folder) if "config" in checkpoint), None)
 
 
 def find_unfinished(base: Path, name: str, config: Mapping[str, Any],
                     defaults: Mapping[str, Any] | None = None) -> Path | None:
-    """The newest run under `base` with this experiment's config that has not done what this config asks."""
+    """The newest run under `base` with this experiment's config that has not done what this config asks.
+    A run whose summary.json cannot be read counts as unfinished: resuming it rebuilds the summary."""
     for folder in sorted(base.glob(f"*_{name}"), reverse=True):
-        config_path, summary_path = folder / "config.json", folder / "summary.json"
-        if not config_path.is_file():
+        saved = saved_config(folder)
+        if saved is None or differing_settings(saved, config, defaults):
             continue
-        try:
-            same = not differing_settings(json.loads(config_path.read_text()), config, defaults)
-            summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-        except (OSError, json.JSONDecodeError):
-            continue
-        if same and not reached(summary, config):
+        summary = _read_json(folder / "summary.json")
+        if not (isinstance(summary, dict) and reached(summary, config)):
             return folder
     return None
 
@@ -103,38 +122,63 @@ def choose_run_dir(config: Mapping[str, Any], name: str, base: str = "runs",
     return Path(base) / f"{stamp}_{name}"
 
 
+class Interrupted(UserError):
+    pass
+
+
 class Run:
-    """One run directory. Only the main process writes; the others read."""
+    """One run directory. Only the main process writes, and holds the run's folders (RUN_DIR, SAVE_DIR,
+    and those the script adds with `hold`) so that no other process writes there at the same time.
+
+    Whatever state can be rebuilt is: progress.json from the finished phases' checkpoints, summary.json
+    by testing the finished models again, a damaged config.json from the config the checkpoints keep.
+    """
 
     def __init__(self, folder: Path, config: Mapping[str, Any], writer: bool = True,
                  defaults: Mapping[str, Any] | None = None):
         self.folder = folder
         self.writer = writer
         self.config = dict(config)
-        if (folder / "config.json").is_file():
-            self._check_same_config(defaults)
+        self.position = "before the first epoch"  # where a Ctrl-C stops the run
+        if writer:
+            self.hold(folder, "RUN_DIR", "this run is going on there already: wait for it, or give another --run_dir")
+        saved = saved_config(folder) if config["resume"] else None
+        if saved is not None:
+            self._check_same_config(saved, defaults)
         if writer:
             self._prepare_folder()
-        self.progress: dict[str, Any] = _read_json(self.progress_path) if self.progress_path.is_file() else {}
-        earlier: dict[str, Any] = _read_json(self.summary_path) if self.summary_path.is_file() else {}
-        self.summary: dict[str, Any] = (earlier if self.progress
-                                        else {"teacher": {}, "iterations": [], "finished": False})
+        progress = _read_json(self.progress_path)
+        checkpoints = None
+        if not (isinstance(progress, dict) and isinstance(progress.get("phases"), dict)):
+            checkpoints = dict(_checkpoints(folder))
+            progress = {"phases": {phase: c["result"] for phase, c in checkpoints.items() if "result" in c}}
+            self.note(progress["phases"], f"{self.progress_path} was missing or damaged: rebuilt from the finished "
+                                          f"phases' checkpoints ({', '.join(progress['phases'])})")
+        self.progress: dict[str, Any] = progress["phases"]
+        earlier = _read_json(self.summary_path)
+        if not isinstance(earlier, dict):
+            self.note(self.progress, f"{self.summary_path} was missing or damaged: the finished models are tested "
+                                     "again to rebuild it")
+            earlier = {}
+        fresh = {"teacher": {}, "iterations": [], "finished": False}
+        self.summary: dict[str, Any] = earlier if self.progress and "teacher" in earlier else fresh
         self.summary["finished"] = False  # until this process finishes it: a larger NO_ITER adds iterations
         # Time is spent even when no phase finished: what a killed process spent stays on record.
         self.summary["timings_s"] = dict(earlier.get("timings_s", {}))
-        self._clock: tuple[str, float, float] | None = None
-        # Marks the best checkpoints this run writes into SAVE_DIR, which other runs may share; kept for
-        # the run's life, also while no phase has finished, so a resumed run recognises its own files.
-        self.id: str = earlier.get("run_id") or uuid.uuid4().hex[:12]
-        new_id = earlier.get("run_id") != self.id
+        # Marks the best checkpoints this run writes into SAVE_DIR, so a resumed run recognises its own files.
+        self.id: str = (earlier.get("run_id") or progress.get("run_id")
+                        or next((c["run_id"] for c in (checkpoints or {}).values() if "run_id" in c), None)
+                        or uuid.uuid4().hex[:12])
         self.summary["run_id"] = self.id
         # Every code that worked on this run, also on a phase that had not finished when the run stopped.
         versions = self.summary.setdefault("code_versions", list(earlier.get("code_versions", [])))
-        new_version = writer and (version := code_version()) not in versions
-        if new_version:
+        if writer and (version := code_version()) not in versions:
             versions.append(version)
-        if writer and (new_version or new_id):
+        if writer:
             self.save_summary()  # now, so the version and the id are on record even if no phase finishes
+            if checkpoints:
+                self._save_progress()
+        self._clock: tuple[str, float, float] | None = None
 
     @property
     def progress_path(self) -> Path:
@@ -144,10 +188,24 @@ class Run:
     def summary_path(self) -> Path:
         return self.folder / "summary.json"
 
-    def _check_same_config(self, defaults: Mapping[str, Any] | None) -> None:
-        if not self.config["resume"]:
-            return  # starting over: the old config.json is replaced, even an unreadable one
-        saved = _read_json(self.folder / "config.json")
+    def note(self, when: Any, text: str) -> None:
+        """A line for the user about state that was rebuilt; `when` falsy means there was nothing to rebuild."""
+        if when and self.writer:
+            tqdm.write(f"note: {text}")
+
+    def hold(self, folder: Path, constant: str, advice: str) -> None:
+        """Holds `folder` for this process: another process that asks for it is refused, naming this run."""
+        holder = f"the run {self.folder} (process {os.getpid()} on {socket.gethostname()}, since " \
+                 f"{datetime.datetime.now().isoformat(timespec='seconds')})"
+        try:
+            lock_folder(Path(folder), holder)
+        except FolderInUse as error:
+            raise UserError(f"{constant}={folder} is in use by {error.holder}: {advice}.") from None
+        except OSError as error:
+            raise UserError(f"Cannot write into {constant}={folder} ({error.strerror or error}). Choose a writable "
+                            f"place with --{constant.lower()}=PATH.") from error
+
+    def _check_same_config(self, saved: Mapping[str, Any], defaults: Mapping[str, Any] | None) -> None:
         differing = differing_settings(saved, self.config, defaults)
         if differing:
             details = ", ".join(f"{k}: {saved.get(k)!r} there, {self.config.get(k)!r} now" for k in differing[:6])
@@ -157,18 +215,13 @@ class Run:
     def _prepare_folder(self) -> None:
         save_dir = self.config.get("save_dir")
         if save_dir:
-            # Checked before config.json is written, so the fixed command can still resume this run.
-            try:
-                probe_folder(Path(save_dir))
-            except OSError as error:
-                raise UserError(f"Cannot write checkpoints to SAVE_DIR={save_dir} ({error.strerror or error}). "
-                                "Choose a writable place with --save_dir=PATH.") from error
+            # Checked before config.json is written, so the fixed command can still resume this run. A save
+            # killed half-way leaves its temporary file, the size of a checkpoint; only this run writes here.
+            self.hold(Path(save_dir), "SAVE_DIR", "runs that overlap need their own --save_dir, or wait for "
+                                                  "that run to finish")
+            remove_temporary_files(Path(save_dir))
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            # A run killed while saving leaves its temporary file (.last_<phase>.pth.tar.*.tmp, the size of a
-            # checkpoint); the run directory is this run's alone, so nothing else can be writing them.
-            for stale in self.folder.glob(".*.tmp"):
-                stale.unlink(missing_ok=True)
+            remove_temporary_files(self.folder)
             if not self.config["resume"]:
                 for stale in ("progress.json", "summary.json", "metrics.jsonl"):
                     (self.folder / stale).unlink(missing_ok=True)
@@ -179,24 +232,59 @@ class Run:
             raise UserError(f"Cannot write the run directory {self.folder} ({error.strerror}). "
                             "Choose a writable place with --run_dir=PATH.") from error
 
+    def _write(self, path: Path, write: Callable[[], None]) -> None:
+        try:
+            write()
+        except OSError as error:
+            raise UserError(f"Cannot write {path} ({error.strerror or error}). Free some disk space and run the "
+                            "same command again: it resumes where the run stopped.") from error
+
     def done(self, phase: str) -> dict[str, Any] | None:
         return self.progress.get(phase)
 
-    def mark_done(self, phase: str, result: Mapping[str, Any]) -> None:
-        self.progress[phase] = dict(result)
+    def mark_done(self, phase: str, result: Mapping[str, Any] | None) -> None:
+        """Records a phase as finished with its `result`, or with None as to be trained again."""
+        if result is None:
+            self.progress.pop(phase, None)
+        else:
+            self.progress[phase] = dict(result)
         if self.writer:
-            write_json(self.progress_path, self.progress)
+            self._save_progress()
+
+    def _save_progress(self) -> None:
+        self._write(self.progress_path, lambda: write_json(self.progress_path, {"run_id": self.id,
+                                                                                "phases": self.progress}))
 
     def log(self, **entry: Any) -> None:
+        self.position = f"{entry['phase']}, after epoch {entry['epoch']}"
         if self.writer:
-            append_jsonl(self.folder / "metrics.jsonl", entry)
+            path = self.folder / "metrics.jsonl"
+            self._write(path, lambda: append_jsonl(path, entry))
         if self._clock is not None:
             self._record_time()
             self.save_summary()
 
+    def forget_epochs_after(self, phase: str, epoch: int) -> None:
+        """Drops the metrics lines of `phase` after `epoch`: a resumed phase trains those epochs again."""
+        path = self.folder / "metrics.jsonl"
+        if not self.writer or not path.is_file():
+            return
+        lines = path.read_text().splitlines(keepends=True)
+
+        def later(line: str) -> bool:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                return True  # a line cut short by a kill or a full disk
+            return entry.get("phase") == phase and entry.get("epoch", 0) > epoch
+
+        kept = [line for line in lines if not later(line)]
+        if len(kept) < len(lines):
+            self._write(path, lambda: write_text(path, "".join(kept)))
+
     @contextmanager
     def timed(self, key: str) -> Iterator[None]:
-        """Adds the wall time of the block to `timings_s[key]`.
+        """Adds the wall time of the block to `timings_s[key]`, and turns Ctrl-C in it into one line.
 
         The figure on disk is brought up to date at every `log` line as well, so a run killed in the
         block and resumed counts the time spent before the kill (up to its last logged epoch): the
@@ -205,6 +293,9 @@ class Run:
         self._clock = (key, self.summary["timings_s"].get(key, 0.0), time.perf_counter())
         try:
             yield
+        except KeyboardInterrupt:
+            raise Interrupted(f"Stopped by Ctrl-C in {key} ({self.position}). The same command resumes the run "
+                              f"{self.folder} from its last checkpoint.") from None
         finally:
             self._record_time()
             self._clock = None
@@ -216,7 +307,7 @@ class Run:
 
     def save_summary(self) -> None:
         if self.writer:
-            write_json(self.summary_path, self.summary)
+            self._write(self.summary_path, lambda: write_json(self.summary_path, self.summary))
 
     def check_own(self, checkpoint: Mapping[str, Any], path: Path) -> None:
         """Refuses a best checkpoint of this run that another run has since overwritten in the shared SAVE_DIR.
