@@ -20,15 +20,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from data.camvid import (CLASS_NAMES, COLOURS, IGNORE_INDEX, NUM_CLASSES, STATISTICS, SegmentationSet, load_labels,
-                         load_split, load_unlabeled, read_split_file, split_names)
+from data import camvid
+from data.camvid import SegmentationSet, load_labels, load_split, load_unlabeled, read_split_file, split_names
 from data.synthetic import make_street_scenes
 from data.transforms import cutmix, photometric, scale_crop_flip
 from models.swiftnet import convert_reference_state_dict, swiftnet_rn18
 from utils.checkpoint import load_checkpoint, load_fitting, load_weights
 from utils.config import Config, check_choice, check_loop, check_ranges
 from utils.dist import Runtime, seed_everything, teardown
-from utils.engine import Batch, Best, Candidate, batch_plan, cross_entropy, endless_batches, evaluate, fit, predict_probs
+from utils.engine import (Batch, Best, Candidate, batch_plan, cross_entropy, endless_batches, evaluate, fit,
+                          predict_probs)
 from utils.errors import UserError
 from utils.io import write_json
 from utils.pictures import prediction_pictures, pseudo_label_pictures
@@ -64,7 +65,7 @@ PSEUDO_EPOCHS = 100
 PSEUDO_LR = 1e-4
 FINETUNE_EPOCHS = 200
 FINETUNE_LR = 1e-4
-STUDENT_SCHEDULE = "staged"  # "staged": pseudo epochs, then fine-tune; "joint": PSEUDO_EPOCHS of mixed batches at FINETUNE_LR
+STUDENT_SCHEDULE = "staged"  # "staged": pseudo epochs, then fine-tune; "joint": mixed batches at FINETUNE_LR
 JOINT_LABELED_SHARE = 0.5  # "joint": share of each batch taken from the labeled set, the rest pseudo-labeled
 STUDENT_INIT = "fresh"  # "fresh": a new model each iteration (thesis); "teacher": the teacher's weights
 PROMOTE_ALWAYS = False  # True: the thesis's behaviour, the student replaces the teacher even when worse
@@ -93,7 +94,7 @@ DEMO = dict(DATA_ROOT="data/demo_camvid", SAVE_DIR="saved_models/demo_cam", PRET
 def check_config(cfg: Config) -> None:
     """Refuses, before the run directory records them, settings that would run but mean something else."""
     check_loop(cfg)
-    check_choice(cfg, "normalization", tuple(STATISTICS))
+    check_choice(cfg, "normalization", tuple(camvid.STATISTICS))
     check_ranges(cfg, {
         "image_scale": (lambda v: 0 < v < math.inf, "a positive factor, e.g. 0.5 for half size"),
         "crop_size": (lambda v: v >= 1, "the side of the square training crops in pixels, e.g. 448"),
@@ -117,7 +118,7 @@ def check_config(cfg: Config) -> None:
 
 
 def make_demo_data(root: str) -> None:
-    make_street_scenes(root, counts={"train": 64, "val": 12, "test": 24}, unlabeled=96)
+    make_street_scenes(root, counts={"train": 160, "val": 16, "test": 32}, unlabeled=0, size=(128, 96))
 
 
 # ----------------------------------------------------------------------------- data
@@ -161,8 +162,8 @@ def crops(data: SegmentationSet, index: torch.Tensor, generator: torch.Generator
     """The indexed images and labels, randomly scaled (0.5-2x), cropped and flipped on the device."""
     images = data.images[index.to(data.images.device)].to(rt.device, non_blocking=True)
     labels = data.labels[index.to(data.labels.device)].to(rt.device, non_blocking=True)
-    mean = STATISTICS[cfg.normalization][0]  # padding beyond the image: the mean colour, and Void
-    return scale_crop_flip(images, labels, cfg.crop_size, mean, IGNORE_INDEX, generator)
+    mean = camvid.STATISTICS[cfg.normalization][0]  # padding beyond the image: the mean colour, and Void
+    return scale_crop_flip(images, labels, cfg.crop_size, mean, camvid.IGNORE_INDEX, generator)
 
 
 def pseudo_crops(pseudo: SegmentationSet, index: torch.Tensor, generator: torch.Generator, cfg: Config,
@@ -172,7 +173,7 @@ def pseudo_crops(pseudo: SegmentationSet, index: torch.Tensor, generator: torch.
     changes colours, blurs and pastes boxes of other crops with their targets (CutMix)."""
     images, labels = crops(pseudo, index, generator, cfg, rt)
     if cfg.pseudo_soft:
-        labels = soft_targets(labels, NUM_CLASSES, IGNORE_INDEX, rt, teacher, images)
+        labels = soft_targets(labels, camvid.NUM_CLASSES, camvid.IGNORE_INDEX, rt, teacher, images)
     if cfg.strong_aug:
         images, labels = cutmix(photometric(images, generator), labels, generator)
     return images, labels
@@ -203,20 +204,20 @@ def joint_batches(labeled: SegmentationSet, pseudo: SegmentationSet, counts: lis
     for _ in range(steps):
         images, labels = crops(labeled, next(labeled_ids), generator, cfg, rt)
         if cfg.pseudo_soft:
-            labels = soft_targets(labels, NUM_CLASSES, IGNORE_INDEX, rt)
+            labels = soft_targets(labels, camvid.NUM_CLASSES, camvid.IGNORE_INDEX, rt)
         pseudo_images, pseudo_targets = pseudo_crops(pseudo, next(pseudo_ids), generator, cfg, rt, teacher)
         yield torch.cat([images, pseudo_images]), torch.cat([labels, pseudo_targets])
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over the pixels that are not Void; against distributions where targets are soft."""
-    return cross_entropy(logits, target, IGNORE_INDEX)
+    return cross_entropy(logits, target, camvid.IGNORE_INDEX)
 
 
 # ----------------------------------------------------------------------------- models
 
 def build(cfg: Config, pretrained: bool = False) -> nn.Module:
-    return swiftnet_rn18(NUM_CLASSES, *STATISTICS[cfg.normalization], pretrained, cfg.pretrained_path)
+    return swiftnet_rn18(camvid.NUM_CLASSES, *camvid.STATISTICS[cfg.normalization], pretrained, cfg.pretrained_path)
 
 
 def fresh_model(cfg: Config, rt: Runtime, salt: int) -> nn.Module:
@@ -254,15 +255,15 @@ def train(model: nn.Module, phase: str, iteration: int, batches: Any, steps: int
 
 
 def validate(model: nn.Module, val: SegmentationSet, cfg: Config, rt: Runtime) -> tuple[float, dict[str, Any]]:
-    cm = evaluate(model, val.images, val.labels, NUM_CLASSES, cfg.eval_batch_size, rt)
-    return cm.miou(), {"val_miou": cm.miou(), "val_per_class_iou": cm.summary(CLASS_NAMES)["per_class_iou"]}
+    cm = evaluate(model, val.images, val.labels, camvid.NUM_CLASSES, cfg.eval_batch_size, rt)
+    return cm.miou(), {"val_miou": cm.miou(), "val_per_class_iou": cm.summary(camvid.CLASS_NAMES)["per_class_iou"]}
 
 
 def test(model: nn.Module, test_set: SegmentationSet, title: str, cfg: Config, rt: Runtime) -> dict[str, Any]:
-    cm = evaluate(model, test_set.images, test_set.labels, NUM_CLASSES, cfg.eval_batch_size, rt)
+    cm = evaluate(model, test_set.images, test_set.labels, camvid.NUM_CLASSES, cfg.eval_batch_size, rt)
     if rt.is_main:
-        tqdm.write(f"\nTest set, {title}:\n{cm.table(CLASS_NAMES)}\n")
-    summary = cm.summary(CLASS_NAMES)
+        tqdm.write(f"\nTest set, {title}:\n{cm.table(camvid.CLASS_NAMES)}\n")
+    summary = cm.summary(camvid.CLASS_NAMES)
     return {"test_miou": summary["miou"], "test_pixel_acc": summary["pixel_acc"],
             "per_class_iou": summary["per_class_iou"]}
 
@@ -288,7 +289,7 @@ def pseudo_label(teacher_model: nn.Module, teacher: Candidate, iteration: int, u
                 "threshold": cfg.pseudo_threshold, "tta": cfg.pseudo_tta, "tta_scales": cfg.tta_scales,
                 "image_scale": cfg.image_scale, "frames": len(unlabeled)}
     kept = label_frames(teacher_model, unlabeled.images, unlabeled.names, unlabeled.source_size, folder, identity,
-                        rt, IGNORE_INDEX, NUM_CLASSES, cfg.eval_batch_size, cfg.pseudo_threshold,
+                        rt, camvid.IGNORE_INDEX, camvid.NUM_CLASSES, cfg.eval_batch_size, cfg.pseudo_threshold,
                         cfg.tta_scales if cfg.pseudo_tta else [1.0], flip=cfg.pseudo_tta,
                         image_share=cfg.pseudo_image_share)
     frames = unlabeled
@@ -301,9 +302,10 @@ def pseudo_label(teacher_model: nn.Module, teacher: Candidate, iteration: int, u
     if len(shown) and rt.is_main:
         confidence = predict_probs(teacher_model, shown.images, rt).max(1).values.cpu()
         pseudo_label_pictures(shown.images, shown.labels, confidence, shown.names,
-                              run.folder / "pictures" / f"it{iteration}_pseudo", COLOURS)
+                              run.folder / "pictures" / f"it{iteration}_pseudo", camvid.LEGEND)
     truth = None if frames.labels is None else frames.labels.cpu()
-    return pseudo, {**pseudo_quality(labels.cpu(), truth, NUM_CLASSES, IGNORE_INDEX), "pseudo_frames": len(kept)}
+    quality = pseudo_quality(labels.cpu(), truth, camvid.NUM_CLASSES, camvid.IGNORE_INDEX)
+    return pseudo, {**quality, "pseudo_frames": len(kept)}
 
 
 # ----------------------------------------------------------------------------- the experiment
@@ -322,7 +324,7 @@ def main(argv: list[str]) -> None:
         shown = picture_subset(val, cfg.pictures)
         if len(shown) and rt.is_main:
             prediction_pictures(model, shown.images, shown.labels, shown.names, run.folder / "pictures" / tag, rt,
-                                COLOURS)
+                                camvid.LEGEND)
         return results
 
     # The teacher learns from the labeled images, or is given (TEACHER_CHECKPOINT) to compare students on it.
@@ -385,7 +387,8 @@ def main(argv: list[str]) -> None:
             student = Candidate(f"student_it{iteration}", best.path, best.score)
             promoted = cfg.promote_always or student.val > teacher.val
             entry = {"iteration": iteration, "val_miou": student.val,
-                     **record(trained_model(student, cfg, rt, run), f"student, iteration {iteration}", f"it{iteration}"),
+                     **record(trained_model(student, cfg, rt, run), f"student, iteration {iteration}",
+                              f"it{iteration}"),
                      "promoted": promoted, "teacher": teacher.name, **quality}
         teacher = student if promoted else teacher
         run.summary["iterations"].append(entry)

@@ -20,14 +20,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from data.cifar import MEAN, NUM_CLASSES, STD, load_cifar10, split_labeled
+from data import cifar
+from data.cifar import load_cifar10, split_labeled
 from data.synthetic import make_cifar_like
 from data.transforms import cutout, photometric, translate_flip
 from models.resnet_cifar import ResNet18
 from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from utils.config import Config, check_loop, check_ranges
 from utils.dist import Runtime, seed_everything, teardown
-from utils.engine import Batch, Best, Candidate, batch_plan, cross_entropy, endless_batches, evaluate, fit, predict_probs
+from utils.engine import (Batch, Best, Candidate, batch_plan, cross_entropy, endless_batches, evaluate, fit,
+                          predict_probs)
 from utils.errors import UserError
 from utils.io import write_json
 from utils.pseudo import MeanTeacher, soft_targets
@@ -56,7 +58,7 @@ PSEUDO_EPOCHS = 60
 PSEUDO_LR = 0.01
 FINETUNE_EPOCHS = 150
 FINETUNE_LR = 0.01
-STUDENT_SCHEDULE = "staged"  # "staged": pseudo epochs, then fine-tune; "joint": PSEUDO_EPOCHS of mixed batches at FINETUNE_LR
+STUDENT_SCHEDULE = "staged"  # "staged": pseudo epochs, then fine-tune; "joint": mixed batches at FINETUNE_LR
 JOINT_LABELED_SHARE = 0.5  # "joint": share of each batch taken from the labeled set, the rest pseudo-labeled
 STUDENT_INIT = "fresh"  # "fresh": a new model each iteration (thesis); "teacher": the teacher's weights
 PROMOTE_ALWAYS = False  # True: the thesis's behaviour, the student replaces the teacher even when worse
@@ -126,9 +128,9 @@ def pseudo_crops(pseudo: Images, index: torch.Tensor, generator: torch.Generator
     on these very crops; STRONG_AUG then changes colours, blurs and cuts out a square."""
     images, labels = crops(pseudo, index, generator, rt)
     if cfg.pseudo_soft:
-        labels = soft_targets(labels, NUM_CLASSES, -100, rt, teacher, images)
+        labels = soft_targets(labels, cifar.NUM_CLASSES, -100, rt, teacher, images)
     if cfg.strong_aug:
-        images = cutout(photometric(images, generator), 16, generator, MEAN)
+        images = cutout(photometric(images, generator), 16, generator, cifar.MEAN)
     return images, labels
 
 
@@ -155,7 +157,7 @@ def joint_batches(labeled: Images, pseudo: Images, counts: list[int], steps: int
     for _ in range(steps):
         images, labels = crops(labeled, next(labeled_ids), generator, rt)
         if cfg.pseudo_soft:
-            labels = soft_targets(labels, NUM_CLASSES, -100, rt)
+            labels = soft_targets(labels, cifar.NUM_CLASSES, -100, rt)
         pseudo_images, pseudo_targets = pseudo_crops(pseudo, next(pseudo_ids), generator, cfg, rt, teacher)
         yield torch.cat([images, pseudo_images]), torch.cat([labels, pseudo_targets])
 
@@ -165,7 +167,7 @@ def joint_batches(labeled: Images, pseudo: Images, counts: list[int], steps: int
 def fresh_model(cfg: Config, rt: Runtime, salt: int) -> nn.Module:
     """Seeded per model, so a resumed run builds the same weights as the interrupted one."""
     seed_everything(cfg.seed * 1009 + salt)
-    return rt.prepare(ResNet18(NUM_CLASSES, MEAN, STD, cfg.width), cfg.sync_bn)
+    return rt.prepare(ResNet18(cifar.NUM_CLASSES, cifar.MEAN, cifar.STD, cfg.width), cfg.sync_bn)
 
 
 def trained_model(candidate: Candidate, cfg: Config, rt: Runtime, run: Run) -> nn.Module:
@@ -173,13 +175,13 @@ def trained_model(candidate: Candidate, cfg: Config, rt: Runtime, run: Run) -> n
     checkpoint = load_checkpoint(candidate.path)
     if candidate.of_this_run:
         run.check_own(checkpoint, candidate.path)
-    model = rt.prepare(ResNet18(NUM_CLASSES, MEAN, STD, cfg.width), cfg.sync_bn)
+    model = rt.prepare(ResNet18(cifar.NUM_CLASSES, cifar.MEAN, cifar.STD, cfg.width), cfg.sync_bn)
     load_weights(model, checkpoint, candidate.path)
     return model
 
 
 def accuracy(model: nn.Module, data: Images, cfg: Config, rt: Runtime) -> float:
-    return evaluate(model, data[0], data[1], NUM_CLASSES, cfg.eval_batch_size, rt).accuracy()
+    return evaluate(model, data[0], data[1], cifar.NUM_CLASSES, cfg.eval_batch_size, rt).accuracy()
 
 
 def train(model: nn.Module, phase: str, iteration: int, batches: Any, steps: int, epochs: int, lr: float,

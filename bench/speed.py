@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", default="960x720", help="image size WxH for evaluation and pseudo-labels")
     parser.add_argument("--batch", type=int, default=12)
     parser.add_argument("--images", type=int, default=48)
+    parser.add_argument("--compile", action="store_true", help="torch.compile our model (COMPILE=True)")
+    parser.add_argument("--skip-baselines", action="store_true", help="time our path only (the GPU check)")
     args = parser.parse_args(argv)
     if args.quick:
         args.crop, args.size, args.batch, args.images = 192, "240x180", 8, 16
@@ -182,10 +184,13 @@ def main(argv: list[str] | None = None) -> None:
             return batch[0].to(device), batch[1].to(device)
 
         figures["data_samples_per_s"] = timed(lambda: len(ours_batch()[0]), device, repeats * 3)
-        figures["data_samples_per_s_baseline"] = timed(lambda: len(pil_batch()[0]), device, repeats)
+        if not args.skip_baselines:
+            figures["data_samples_per_s_baseline"] = timed(lambda: len(pil_batch()[0]), device, repeats)
 
         model = swiftnet_rn18(NUM_CLASSES, CAMVID_MEAN, CAMVID_STD).to(device)
         fast_model = model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+        if args.compile:
+            fast_model = torch.compile(fast_model)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
         def train_ours() -> int:
@@ -202,7 +207,8 @@ def main(argv: list[str] | None = None) -> None:
 
         model.train()
         figures["train_crops_per_s"] = timed(train_ours, device, repeats)
-        figures["train_crops_per_s_baseline"] = timed(train_baseline, device, repeats)
+        if not args.skip_baselines:
+            figures["train_crops_per_s_baseline"] = timed(train_baseline, device, repeats)
 
         eval_count = min(n, 8 if args.quick else n)
         eval_images, eval_labels = images[:eval_count], labels[:eval_count]
@@ -220,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
                     cm.update(eval_labels[i], model(eval_images[i : i + 1].float()).argmax(1))
             return eval_count
 
-        figures["eval_images_per_s_baseline"] = timed(eval_baseline, device, repeats)
+        if not args.skip_baselines:
+            figures["eval_images_per_s_baseline"] = timed(eval_baseline, device, repeats)
 
         out = Path(tmp) / "pseudo"
 
@@ -242,7 +249,8 @@ def main(argv: list[str] | None = None) -> None:
 
         out.mkdir()
         figures["pseudo_images_per_s"] = timed(pseudo_ours, device, repeats)
-        figures["pseudo_images_per_s_baseline"] = timed(pseudo_baseline, device, repeats)
+        if not args.skip_baselines:
+            figures["pseudo_images_per_s_baseline"] = timed(pseudo_baseline, device, repeats)
 
     target = torch.randint(0, NUM_CLASSES + 1, (4, height, width), device=device)
     pred = torch.randint(0, NUM_CLASSES, (4, height, width), device=device)
@@ -260,14 +268,14 @@ def main(argv: list[str] | None = None) -> None:
         return strip_t.size
 
     figures["confusion_mpixel_per_s"] = timed(confusion_ours, device, repeats * 3) / 1e6
-    figures["confusion_mpixel_per_s_baseline"] = timed(confusion_baseline, device, repeats) / 1e6
-
-    masks = synthetic_masks(5 if args.quick else 20)
-    figures["mask_maker_ms"] = time_lut(masks)[1]
-    loop_rows = 24
-    began = time.perf_counter()
-    python_loop(masks[0][:loop_rows])
-    figures["mask_maker_ms_baseline"] = (time.perf_counter() - began) * 1000 * masks[0].shape[0] / loop_rows
+    if not args.skip_baselines:
+        figures["confusion_mpixel_per_s_baseline"] = timed(confusion_baseline, device, repeats) / 1e6
+        masks = synthetic_masks(5 if args.quick else 20)
+        figures["mask_maker_ms"] = time_lut(masks)[1]
+        loop_rows = 24
+        began = time.perf_counter()
+        python_loop(masks[0][:loop_rows])
+        figures["mask_maker_ms_baseline"] = (time.perf_counter() - began) * 1000 * masks[0].shape[0] / loop_rows
 
     figures["host_peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
@@ -275,8 +283,9 @@ def main(argv: list[str] | None = None) -> None:
     report(figures, device, args)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"device": str(device), "crop": args.crop, "size": args.size,
-                                         "batch": args.batch, **figures}, indent=2) + "\n")
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        args.json.write_text(json.dumps({"device": name, "crop": args.crop, "size": args.size, "batch": args.batch,
+                                         "compile": args.compile, **figures}, indent=2) + "\n")
 
 
 def report(figures: dict[str, float], device: torch.device, args: argparse.Namespace) -> None:
@@ -290,7 +299,12 @@ def report(figures: dict[str, float], device: torch.device, args: argparse.Names
             ("confusion_mpixel_per_s", "confusion_ratio", "Mpixel/s (confusion matrix)"),
             ("mask_maker_ms", "mask_maker_ratio", "ms per mask (lower wins)")]
     for key, ratio_key, label in rows:
-        ours, base = figures[key], figures[f"{key}_baseline"]
+        if key not in figures:
+            continue
+        ours, base = figures[key], figures.get(f"{key}_baseline")
+        if base is None:
+            print(f"{label:<28}{ours:>12.2f}{'-':>12}{'-':>9}")
+            continue
         ratio = base / ours if key == "mask_maker_ms" else ours / base
         figures[ratio_key] = ratio
         print(f"{label:<28}{ours:>12.2f}{base:>12.2f}{ratio:>8.1f}x")

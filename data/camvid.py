@@ -37,6 +37,7 @@ COLOURS: tuple[tuple[int, int, int], ...] = (
     (64, 64, 0), (64, 64, 128), (192, 192, 128), (0, 0, 192), (0, 128, 192),
     (0, 0, 0),
 )
+LEGEND = tuple(zip((*CLASS_NAMES, "Void"), COLOURS))  # what pictures name each colour
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 

@@ -85,7 +85,8 @@ class SwiftNet(nn.Module):
         super().__init__()
         encoder = resnet18()
         self.conv1, self.bn1, self.relu, self.maxpool = encoder.conv1, encoder.bn1, encoder.relu, encoder.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = encoder.layer1, encoder.layer2, encoder.layer3, encoder.layer4
+        self.layer1, self.layer2 = encoder.layer1, encoder.layer2
+        self.layer3, self.layer4 = encoder.layer3, encoder.layer4
         self.spp = SpatialPyramidPooling(512)
         self.upsample = nn.ModuleList([Upsample(256), Upsample(128), Upsample(64)])
         # The reference initialises every module of its backbone (encoder, pyramid, upsampling) so;
@@ -100,10 +101,7 @@ class SwiftNet(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, images: torch.Tensor, perturbed: int = 0, feature_drop: float = 0.5) -> torch.Tensor:
-        """Logits of `images`; with `perturbed` = k, followed by k more: the last k images decoded again from
-        encoder features with `feature_drop` of their channels dropped (UniMatch's feature perturbation,
-        PSEUDO_FEATURE_DROP). One encoder pass serves both, and the decoder sees both in one batch."""
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = (images.float() - self.mean) / self.std
         if x.is_cuda:  # cuDNN's fastest convolutions (and the bf16 tensor cores) want NHWC
             x = x.contiguous(memory_format=torch.channels_last)
@@ -112,8 +110,6 @@ class SwiftNet(nn.Module):
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             x = stage(x)
             skips.append(x)
-        if perturbed:
-            skips = [torch.cat([skip, F.dropout2d(skip[-perturbed:], feature_drop, training=True)]) for skip in skips]
         x = self.spp(skips[-1])
         for up, skip in zip(self.upsample, reversed(skips[:-1])):
             x = up(x, skip)

@@ -1,11 +1,13 @@
 """The command-line configurator and the checkpoint files."""
 from __future__ import annotations
 
+import ast
 import re
 
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,10 +15,11 @@ import torch
 from torch import nn
 
 import semisup_cam
+import semisup_cif
 from data.camvid import STATISTICS
 from models.swiftnet import SwiftNet
 from utils.checkpoint import load_checkpoint, load_weights, parameter_count, save_checkpoint
-from utils.config import configure
+from utils.config import configure, constants_of
 from utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +36,14 @@ def test_defaults_are_the_constants_of_the_script() -> None:
     assert cfg.batch_size == semisup_cam.BATCH_SIZE and cfg.data_root == semisup_cam.DATA_ROOT
     assert cfg.tta_scales == semisup_cam.TTA_SCALES and cfg.demo is False
     assert "demo" in cfg and "main" not in cfg and "sys" not in cfg  # only UPPER_CASE constants
+
+
+@pytest.mark.parametrize("script", [semisup_cam, semisup_cif], ids=["cam", "cif"])
+def test_the_constants_are_those_the_script_assigns_not_names_it_imports(script: Any) -> None:
+    tree = ast.parse(Path(script.__file__).read_text())
+    assigned = {target.id.lower() for node in tree.body if isinstance(node, ast.Assign) for target in node.targets
+                if isinstance(target, ast.Name) and target.id.isupper() and target.id != "DEMO"}
+    assert set(constants_of(vars(script))) == assigned
 
 
 @pytest.mark.parametrize("arg, name, value", [

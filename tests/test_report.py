@@ -12,16 +12,16 @@ import torch
 from PIL import Image
 
 import predict
-from data.camvid import CLASS_NAMES, COLOURS, IGNORE_INDEX, STATISTICS
+from data.camvid import CLASS_NAMES, COLOURS, IGNORE_INDEX, LEGEND, STATISTICS
 from data.mask_maker import index_to_colour
 from models.swiftnet import swiftnet_rn18
 from utils import report
 from utils.checkpoint import parameter_count, save_checkpoint
 from utils.dist import Runtime
-from utils.pictures import prediction_pictures, pseudo_label_pictures
+from utils.pictures import GAP, HEADER, LEGEND_ROW, prediction_pictures, pseudo_label_pictures
 
 REPO = Path(__file__).resolve().parents[1]
-PLOTS = ("curves.png", "per_class_iou.png", "pseudo_quality.png")
+PLOTS = ("curves.png", "per_class_iou.png")
 
 
 def per_class(offset: float) -> dict[str, float | None]:
@@ -231,34 +231,43 @@ def model() -> torch.nn.Module:
     return swiftnet_rn18(len(CLASS_NAMES), *STATISTICS["camvid"])
 
 
-def test_prediction_pictures_show_four_panels(model: torch.nn.Module, tmp_path: Path) -> None:
+def panel(picture: np.ndarray, k: int, height: int = 48, width: int = 64) -> np.ndarray:
+    """The k-th panel of a picture sheet: panels sit side by side under their titles."""
+    return picture[HEADER : HEADER + height, k * (width + GAP) : k * (width + GAP) + width]
+
+
+def test_prediction_pictures_show_four_titled_panels_and_the_class_colours(model: torch.nn.Module,
+                                                                           tmp_path: Path) -> None:
     images = torch.randint(0, 256, (2, 3, 48, 64), dtype=torch.uint8)
     labels = torch.randint(0, len(CLASS_NAMES), (2, 48, 64), dtype=torch.uint8)
     labels[:, :8] = IGNORE_INDEX
     model.train()
     paths = prediction_pictures(model, images, labels, ["a", "b"], tmp_path / "pictures", Runtime(torch.device("cpu")),
-                                COLOURS)
+                                LEGEND)
     assert [p.name for p in paths] == ["a.png", "b.png"] and model.training
     picture = np.asarray(Image.open(paths[0]))
-    assert picture.shape == (48, 4 * 64, 3)
-    assert np.array_equal(picture[:, :64], images[0].permute(1, 2, 0).numpy())
-    assert np.array_equal(picture[:, 64:128], index_to_colour(labels[0].numpy()))
-    errors = picture[:, 192:]
+    assert picture.shape[1] == 4 * 64 + 3 * GAP and picture.shape[0] > HEADER + 48 + LEGEND_ROW
+    assert np.array_equal(panel(picture, 0), images[0].permute(1, 2, 0).numpy())
+    assert np.array_equal(panel(picture, 1), index_to_colour(labels[0].numpy()))
+    errors = panel(picture, 3)
     assert (errors[:8] == 128).all()  # Void is grey
     assert set(map(tuple, errors[8:].reshape(-1, 3))) <= {(0, 0, 0), (255, 0, 0)}
+    legend = picture[HEADER + 48 :].reshape(-1, 3)
+    assert all((legend == colour).all(1).any() for colour in COLOURS)  # a box of every class's colour
+    assert (picture[:HEADER] < 128).any()  # the titles
 
 
 def test_pseudo_label_pictures_show_three_panels(tmp_path: Path) -> None:
     images = torch.randint(0, 256, (2, 3, 48, 64), dtype=torch.uint8)
     labels = torch.full((2, 48, 64), 2, dtype=torch.uint8)
     confidence = torch.linspace(0, 1, 64).expand(2, 48, 64)
-    with_confidence = pseudo_label_pictures(images, labels, confidence, ["a", "b"], tmp_path / "with", COLOURS)
-    without = pseudo_label_pictures(images, labels, None, ["a", "b"], tmp_path / "without", COLOURS)
+    with_confidence = pseudo_label_pictures(images, labels, confidence, ["a", "b"], tmp_path / "with", LEGEND)
+    without = pseudo_label_pictures(images, labels, None, ["a", "b"], tmp_path / "without", LEGEND)
     picture = np.asarray(Image.open(with_confidence[1]))
-    assert picture.shape == (48, 3 * 64, 3)
-    assert (picture[:, 64:128] == COLOURS[2]).all()
-    assert picture[0, 128].tolist() == [0, 0, 0] and picture[0, -1].tolist() == [255, 255, 255]
-    assert (np.asarray(Image.open(without[0]))[:, 128:] == 0).all()
+    assert picture.shape[1] == 3 * 64 + 2 * GAP
+    assert (panel(picture, 1) == COLOURS[2]).all()
+    assert panel(picture, 2)[0, 0].tolist() == [0, 0, 0] and panel(picture, 2)[0, -1].tolist() == [255, 255, 255]
+    assert (panel(np.asarray(Image.open(without[0])), 2) == 0).all()
 
 
 # ----------------------------------------------------------------------------- predict and inspect

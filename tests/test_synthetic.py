@@ -111,7 +111,7 @@ def test_cifar_like_is_in_the_real_format(tmp_path: Path) -> None:
 def test_cifar_like_is_deterministic_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = _tree_bytes(make_cifar_like(tmp_path / "a", n_train=30, n_test=10))
     assert _tree_bytes(make_cifar_like(tmp_path / "b", n_train=30, n_test=10)) == first
-    monkeypatch.setattr(synthetic, "_cifar_like_split", _must_not_render)
+    monkeypatch.setattr(synthetic, "_cifar_pictures", _must_not_render)
     make_cifar_like(tmp_path / "a", n_train=30, n_test=10)
     assert _tree_bytes(tmp_path / "a") == first
 

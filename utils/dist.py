@@ -25,14 +25,11 @@ class Runtime:
     device: torch.device
     rank: int = 0
     world: int = 1
+    distributed: bool = False  # launched by torchrun: the processes talk, even when there is only one
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 on CUDA (no loss scaling needed); full precision on the CPU, where bf16 is slow."""
@@ -104,15 +101,16 @@ def setup(device_name: str) -> Runtime:
         # nothing in accuracy (they are below 1.2e-38). A no-op where the CPU cannot flush.
         torch.set_flush_denormal(True)
     if device.type == "cuda":
-        if world > 1:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if "LOCAL_RANK" in os.environ:
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    if world > 1 and not td.is_initialized():
+    launched = "WORLD_SIZE" in os.environ  # torchrun sets it, also for one process
+    if launched and not td.is_initialized():
         td.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Runtime(device, rank, world)
+    return Runtime(device, rank, world, distributed=launched)
 
 
 def teardown() -> None:

@@ -208,7 +208,8 @@ def _restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-RESUME_FIELDS = ("state_dict", "optimizer", "scheduler", "rng", "epoch", "seconds", "loss", "best_score", "best_epoch")
+RESUME_FIELDS = ("state_dict", "optimizer", "scheduler", "rng", "epoch", "seconds", "loss", "best_score",
+                 "best_epoch")
 
 
 def _resume_state(path: Path, with_mean_teacher: bool, phase: str, run: Run) -> dict[str, Any] | None:
@@ -221,7 +222,8 @@ def _resume_state(path: Path, with_mean_teacher: bool, phase: str, run: Run) -> 
     except UserError as error:
         run.note(True, f"{error} The phase {phase} starts over.")
         return None
-    missing = [field for field in RESUME_FIELDS + (("mean_teacher",) if with_mean_teacher else ()) if field not in state]
+    needed = RESUME_FIELDS + (("mean_teacher",) if with_mean_teacher else ())
+    missing = [field for field in needed if field not in state]
     if missing:
         run.note(True, f"{path} lacks {', '.join(missing)} to resume from: the phase {phase} starts over.")
         return None
@@ -299,7 +301,7 @@ def fit(model: nn.Module, phase: str, iteration: int, batches: Callable[[torch.G
             raise _diverged(phase, epoch, f"its loss became {loss}" if not math.isfinite(loss) else
                             "its weights became NaN or infinite", last_path)
         seconds += time.perf_counter() - began
-        entry = {"phase": phase, "iteration": iteration, "epoch": epoch, "loss": loss,
+        entry = {"phase": phase, "iteration": iteration, "epoch": epoch, "step": epoch * steps, "loss": loss,
                  "lr": scheduler.get_last_lr()[0], "seconds": round(seconds, 3)}
         rt.sync_buffers(model)
         if mean_teacher is not None:  # it averaged each process's own statistics into its buffers

@@ -6,7 +6,8 @@ side at the image's size, in the CamVid colours, cheap enough to write after eve
 
 Prediction: image | ground truth | prediction | errors (red: wrong, grey: Void, black: right).
 Pseudo-label: image | pseudo-label | teacher confidence (white = sure; black without confidence).
-A `palette` holds one RGB colour per class, then Void's.
+Each panel has its title above it, and the classes' colours are named below. `classes` lists
+(name, RGB colour) of every class, then Void's.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 from torch import nn
 
 from utils.dist import Runtime
@@ -23,6 +25,8 @@ from utils.io import write_png
 
 WRONG = (255, 0, 0)
 VOID = (128, 128, 128)
+HEADER, GAP, LEGEND_ROW = 14, 2, 14  # pixels: panel titles, between panels, per row of class names
+Classes = Sequence[tuple[str, tuple[int, int, int]]]
 
 
 def _rgb(images: torch.Tensor) -> np.ndarray:
@@ -55,6 +59,30 @@ def confidence_map(confidence: np.ndarray | None, shape: tuple[int, int]) -> np.
     return np.repeat(gray[..., None], 3, axis=2)
 
 
+def sheet(panels: list[np.ndarray], titles: list[str], classes: Classes) -> np.ndarray:
+    """The panels side by side on white, each under its title, above the names of the classes in their colours."""
+    height, width = panels[0].shape[:2]
+    total = len(panels) * (width + GAP) - GAP
+    draw_probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    entries = [(name, colour, 12 + int(draw_probe.textlength(name)) + 8) for name, colour in classes]
+    rows, used = 1, 0
+    for *_, length in entries:
+        rows, used = (rows + 1, length) if used + length > total and used else (rows, used + length)
+    picture = Image.new("RGB", (total, HEADER + height + rows * LEGEND_ROW + 2), "white")
+    draw = ImageDraw.Draw(picture)
+    for k, (panel, title) in enumerate(zip(panels, titles)):
+        picture.paste(Image.fromarray(panel), (k * (width + GAP), HEADER))
+        draw.text((k * (width + GAP) + 2, 1), title, fill="black")
+    x, y = 0, HEADER + height + 2
+    for name, colour, length in entries:
+        if x + length > total and x:
+            x, y = 0, y + LEGEND_ROW
+        draw.rectangle([x, y + 2, x + 9, y + 11], fill=tuple(colour), outline="black")
+        draw.text((x + 12, y + 1), name, fill="black")
+        x += length
+    return np.asarray(picture)
+
+
 def _check_sizes(images: torch.Tensor, masks: torch.Tensor, names: Sequence[str], what: str) -> None:
     if masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:] or len(names) != len(images):
         raise ValueError(f"{what} {tuple(masks.shape)} and {len(names)} names do not fit images "
@@ -71,32 +99,33 @@ def _predict(model: nn.Module, images: torch.Tensor, rt: Runtime, batch_size: in
 
 
 def prediction_pictures(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, names: Sequence[str],
-                        folder: Path, rt: Runtime, palette: Sequence[tuple[int, int, int]],
-                        batch_size: int = 8) -> list[Path]:
-    """Writes `folder/<name>.png` per image: image | ground truth | prediction | errors (4W x H)."""
+                        folder: Path, rt: Runtime, classes: Classes, batch_size: int = 8) -> list[Path]:
+    """Writes `folder/<name>.png` per image: image | ground truth | prediction | errors."""
     _check_sizes(images, labels, names, "labels")
     predictions = _predict(model, images, rt, batch_size)
     truths = labels.detach().cpu().numpy().astype(np.int64)
+    palette = [colour for _, colour in classes]
     paths = []
     for rgb, truth, prediction, name in zip(_rgb(images), truths, predictions, names):
         panels = [rgb, colourise(truth, palette), colourise(prediction, palette),
                   error_map(prediction, truth, len(palette) - 1)]
         paths.append(Path(folder) / f"{name}.png")
-        write_png(paths[-1], np.concatenate(panels, axis=1))
+        write_png(paths[-1], sheet(panels, ["image", "ground truth", "prediction", "errors (red)"], classes))
     return paths
 
 
 def pseudo_label_pictures(images: torch.Tensor, pseudo_labels: torch.Tensor, confidence: torch.Tensor | None,
-                          names: Sequence[str], folder: Path, palette: Sequence[tuple[int, int, int]]) -> list[Path]:
-    """Writes `folder/<name>.png` per image: image | pseudo-label (Void black) | confidence (3W x H)."""
+                          names: Sequence[str], folder: Path, classes: Classes) -> list[Path]:
+    """Writes `folder/<name>.png` per image: image | pseudo-label | teacher confidence."""
     _check_sizes(images, pseudo_labels, names, "pseudo-labels")
     if confidence is not None:
         _check_sizes(images, confidence, names, "confidence")
     labels = pseudo_labels.detach().cpu().numpy().astype(np.int64)
     confidences = [None] * len(labels) if confidence is None else confidence.detach().cpu().float().numpy()
     paths = []
+    palette = [colour for _, colour in classes]
     for rgb, label, sure, name in zip(_rgb(images), labels, confidences, names):
         panels = [rgb, colourise(label, palette), confidence_map(sure, label.shape)]
         paths.append(Path(folder) / f"{name}.png")
-        write_png(paths[-1], np.concatenate(panels, axis=1))
+        write_png(paths[-1], sheet(panels, ["frame", "pseudo-label", "confidence (white: sure)"], classes))
     return paths

@@ -330,24 +330,28 @@ def _empty(ax: Any, text: str) -> None:
 
 
 def _draw_curves(run: RunRecord, val_ax: Any, loss_ax: Any) -> None:
-    """Each phase after the previous one on one epoch axis, so the whole run reads left to right."""
+    """Each phase after the previous one on one axis of training steps (epochs in records that lack them),
+    so that phases read left to right at the length their training had."""
     phases: dict[str, list[dict[str, Any]]] = {}
     for entry in run.metrics:
         phases.setdefault(entry["phase"], []).append(entry)
+    by_steps = all("step" in entry for entry in run.metrics)
     offset = 0
     for i, (phase, entries) in enumerate(phases.items()):
-        evaluated = [e for e in entries if e.get("score") is not None]
-        val_ax.plot([offset + e["epoch"] for e in evaluated], [e["score"] for e in evaluated], marker=".",
-                    color=f"C{i % 10}", label=phase)
-        loss_ax.plot([offset + e["epoch"] for e in entries], [e.get("loss") for e in entries], marker=".",
-                     color=f"C{i % 10}", label=phase)
-        offset += max(e["epoch"] for e in entries)
+        where = [offset + (e["step"] if by_steps else e["epoch"]) for e in entries]
+        evaluated = [(x, e["score"]) for x, e in zip(where, entries) if e.get("score") is not None]
+        val_ax.plot([x for x, _ in evaluated], [score for _, score in evaluated], marker=".", color=f"C{i % 10}",
+                    label=phase)
+        loss_ax.plot(where, [e.get("loss") for e in entries], marker="." if len(entries) <= 60 else None,
+                     linewidth=1, color=f"C{i % 10}", label=phase)
+        offset = max(where)
     for ax, title in ((val_ax, f"validation {run.task.score_label} (%)"), (loss_ax, "training loss")):
         ax.set_title(f"{run.label}: {title}", fontsize=9)
-        ax.set_xlabel("epoch, cumulative over phases")
+        ax.set_xlabel(f"{'training steps' if by_steps else 'epochs'}, one phase after the other")
         ax.grid(alpha=0.3)
     if phases:
         val_ax.legend(fontsize=7)
+        loss_ax.legend(fontsize=7)
     else:
         _empty(val_ax, "no epochs recorded yet")
 
@@ -383,35 +387,6 @@ def plot_per_class(runs: Sequence[RunRecord], path: Path, mpl: tuple[Any, Any]) 
     _save(figure, path)
 
 
-def plot_pseudo_quality(runs: Sequence[RunRecord], path: Path, mpl: tuple[Any, Any]) -> None:
-    """Each pseudo-label quality measure (all in %) against the iteration that used the labels."""
-    figure, axes = _figure(mpl, len(runs), 1, (6, 3.5))
-    for run, (ax,) in zip(runs, axes):
-        iterations = [e.get("iteration") for e in run.iterations]
-        unmeasured = []
-        for key, title in run.task.pseudo:
-            values = [e.get(key) if e.get(key) is not None else math.nan for e in run.iterations]
-            if all(math.isnan(v) for v in values):
-                unmeasured.append(title)
-                continue
-            ax.plot(iterations, values, marker="o", label=title)
-        if iterations and unmeasured:
-            ax.text(0.02, 0.95, f"not measured: {', '.join(unmeasured)}\n(no ground truth for the unlabeled images)",
-                    transform=ax.transAxes, va="top", fontsize=7, color="grey")
-        ax.set_title(f"{run.label}: pseudo-label quality", fontsize=9)
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("%")
-        ax.set_ylim(-3, 103)  # room for markers at 0 and 100
-        ax.grid(alpha=0.3)
-        if iterations:
-            ax.set_xticks(iterations)
-            if len(unmeasured) < len(run.task.pseudo):
-                ax.legend(fontsize=7)
-        else:
-            _empty(ax, "no iteration recorded yet")
-    _save(figure, path)
-
-
 def draw_plots(runs: Sequence[RunRecord], out: Path) -> list[tuple[str, str]] | None:
     """Writes the PNGs into `out`; returns (caption, file name) of each, or None without matplotlib."""
     mpl = _matplotlib()
@@ -421,7 +396,6 @@ def draw_plots(runs: Sequence[RunRecord], out: Path) -> list[tuple[str, str]] | 
     camvid = [run for run in runs if run.task is CAMVID]
     if camvid:
         plots.append(("Per-class test IoU per iteration", "per_class_iou.png", camvid, plot_per_class))
-    plots.append(("Pseudo-label quality per iteration", "pseudo_quality.png", runs, plot_pseudo_quality))
     for _, name, chosen, plot in plots:
         plot(chosen, out / name, mpl)
     return [(caption, name) for caption, name, _, _ in plots]
