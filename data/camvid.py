@@ -110,7 +110,8 @@ def paired_files(root: Path, subset: str) -> tuple[list[Path], list[Path]]:
     lonely_images = [p for p in images if p.stem not in by_stem]
     if lonely_images:
         raise UserError(f"{lonely_images[0]} has no label in {label_dir} ({len(lonely_images)} images without "
-                        "labels). Every image needs an index mask of the same name; create them with data/mask_maker.py.")
+                        "labels). Every image needs an index mask of the same name; "
+                        "create them with data/mask_maker.py.")
     image_stems = {p.stem for p in images}
     lonely_labels = [p for p in labels if p.stem not in image_stems]
     if lonely_labels:
@@ -156,7 +157,8 @@ def decode_label(path: Path, scale: float, image_size: tuple[int, int] | None = 
                         f"({IGNORE_INDEX} = Void). Is it in another class order (SegNet?) or a raw CamVid mask? "
                         "Convert it with data/prepare_camvid.py or data/mask_maker.py.")
     if scale != 1:
-        array = np.asarray(Image.fromarray(array.astype(np.uint8)).resize(scaled_size(label.size, scale), Image.NEAREST))
+        resized = Image.fromarray(array.astype(np.uint8)).resize(scaled_size(label.size, scale), Image.NEAREST)
+        array = np.asarray(resized)
     return array.astype(np.uint8)
 
 

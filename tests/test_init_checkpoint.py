@@ -23,7 +23,8 @@ def test_a_19_class_reference_state_dict_starts_a_camvid_run_and_the_log_says_wh
     torch.save(reference_state_dict(19)[0], path)  # the reference saves a bare state dict
     semisup_cam.main(main_args(scenes, tmp_path, init_checkpoint=path))
     out = capsys.readouterr().out
-    assert f"Initialised from {path}: loaded {TENSORS - 2} of the model's {TENSORS} tensors: conv1 (1), bn1 (5), layer1 (" in out
+    loaded = f"Initialised from {path}: loaded {TENSORS - 2} of the model's {TENSORS} tensors: "
+    assert loaded + "conv1 (1), bn1 (5), layer1 (" in out
     assert "spp (" in out and "upsample (" in out and "logits (5)" in out
     assert "  logits.conv.weight (11, 128, 1, 1), (19, 128, 1, 1) in the file\n" in out
     assert "  logits.conv.bias (11,), (19,) in the file\n" in out

@@ -59,7 +59,8 @@ def test_the_pyramid_has_three_levels_of_42_channels_and_slow_batchnorm(model: S
     assert [level.conv.out_channels for level in model.spp.levels] == [42, 42, 42]
     assert model.spp.fuse.conv.in_channels == 128 + 3 * 42
     spp_norms = [m for m in model.spp.modules() if isinstance(m, nn.BatchNorm2d)]
-    other_norms = [m for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) and not name.startswith("spp")]
+    other_norms = [m for name, m in model.named_modules()
+                   if isinstance(m, nn.BatchNorm2d) and not name.startswith("spp")]
     assert len(spp_norms) == 5 and all(m.momentum == 0.005 for m in spp_norms)
     assert len(other_norms) == 20 + 6 + 1 and all(m.momentum == 0.1 for m in other_norms)
     assert model.logits.conv.bias is not None

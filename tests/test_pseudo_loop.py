@@ -406,7 +406,8 @@ def test_the_loop_records_two_iterations(loop_run: dict[str, Any]) -> None:
         assert isinstance(entry["pseudo_miou"], float)
         assert entry["pseudo_ignored_frac"] == 0.0  # PSEUDO_THRESHOLD = 0 keeps every pixel
         assert math.isfinite(entry["val_miou"]) and math.isfinite(entry["test_miou"])
-    assert {"teacher", "it1_pseudo_label", "it1_student", "it2_pseudo_label", "it2_student"} <= set(summary["timings_s"])
+    phases = {"teacher", "it1_pseudo_label", "it1_student", "it2_pseudo_label", "it2_student"}
+    assert phases <= set(summary["timings_s"])
 
 
 def test_the_split_is_saved_with_the_run(loop_run: dict[str, Any]) -> None:

@@ -88,7 +88,8 @@ def test_config_json_holds_the_overrides(teacher_run: dict[str, Any]) -> None:
 
 def test_progress_records_the_finished_teacher(teacher_run: dict[str, Any]) -> None:
     teacher = teacher_run["progress"]["teacher"]
-    assert teacher["epochs"] == EPOCHS and teacher["best_score"] == pytest.approx(teacher_run["summary"]["teacher"]["val_miou"])
+    assert teacher["epochs"] == EPOCHS
+    assert teacher["best_score"] == pytest.approx(teacher_run["summary"]["teacher"]["val_miou"])
 
 
 def test_best_checkpoint_has_the_thesis_fields_and_loads_weights_only(teacher_run: dict[str, Any]) -> None:
