@@ -42,9 +42,11 @@ def command(data: Path, work: Path) -> list[str]:
 
 
 def launch(args: list[str], log: Path) -> subprocess.Popen:
+    # A shell's background job ignores SIGINT, and its children inherit that: give Ctrl-C back its default.
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "semisup_cam.py", *args], cwd=REPO, env=ENV, stdout=out,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def stop_when(args: list[str], log: Path, ready: Callable[[], bool], sig: int) -> str:
@@ -59,8 +61,7 @@ def stop_when(args: list[str], log: Path, ready: Callable[[], bool], sig: int) -
             return "timed out"
         time.sleep(0.002)
     proc.send_signal(sig)
-    proc.wait()
-    return "stopped"
+    return "finished despite the signal" if proc.wait() == 0 else "stopped"
 
 
 def last_lines(log: Path, count: int = 1) -> str:

@@ -247,8 +247,10 @@ def test_a_metrics_line_cut_short_by_a_full_disk_is_taken_back(tmp_path: Path) -
 def test_ctrl_c_prints_one_line_that_says_where_and_the_same_command_resumes(
         tiny_scenes: Path, tmp_path: Path, main_args: Callable[..., list[str]]) -> None:
     args = main_args(tiny_scenes, tmp_path, teacher_epochs=40)
+    # A background job's children ignore SIGINT: give the run the default a terminal gives it.
     proc = subprocess.Popen([sys.executable, "semisup_cam.py", *args], cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not (tmp_path / "run" / "last_teacher.pth.tar").is_file() and time.monotonic() < deadline:
         time.sleep(0.05)

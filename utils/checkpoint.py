@@ -30,6 +30,8 @@ def save_checkpoint(path: str | os.PathLike, **fields: Any) -> None:
             torch.save(fields, f)
     except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
         reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+        if "unexpected pos" in reason:  # torch's zip writer on a short write
+            reason = "the file was cut short: is the disk full?"
         raise UserError(f"Cannot write checkpoint {path} ({reason}). The previous file is kept: free some disk "
                         f"space in {Path(path).parent} and run the same command again to resume, or start over in "
                         "a writable place (--save_dir=PATH, --run_dir=PATH).") from error
