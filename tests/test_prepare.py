@@ -260,12 +260,17 @@ def test_prepare_segnet_remaps_classes(tmp_path: Path) -> None:
             assert (out / subset / name).read_bytes() == (segnet / subset / name).read_bytes()
 
 
-def test_prepare_names_a_label_that_is_no_image_and_leaves_out_as_it_was(tmp_path: Path) -> None:
-    segnet = tmp_path / "segnet"
+def blank_segnet(segnet: Path) -> Path:
+    """The SegNet layout of TINY_SPLITS with black images and all-zero labels."""
     for subset, names in TINY_SPLITS.items():
         for name in names:
             write_png(segnet / subset / name, solid((0, 0, 0)))
             write_png(segnet / f"{subset}annot" / name, np.zeros((2, 3), np.uint8))
+    return segnet
+
+
+def test_prepare_names_a_label_that_is_no_image_and_leaves_out_as_it_was(tmp_path: Path) -> None:
+    segnet = blank_segnet(tmp_path / "segnet")
     (segnet / "valannot" / "0016E5_07959.png").write_text("not a picture")
     out = tmp_path / "camvid"
     write_png(out / "train" / "kept.png", solid((1, 2, 3)))  # an earlier layout
@@ -278,11 +283,7 @@ def test_prepare_names_a_label_that_is_no_image_and_leaves_out_as_it_was(tmp_pat
 
 
 def test_prepare_segnet_checks_each_subset(tmp_path: Path) -> None:
-    segnet = tmp_path / "segnet"
-    for subset, names in TINY_SPLITS.items():
-        for name in names:
-            write_png(segnet / subset / name, solid((0, 0, 0)))
-            write_png(segnet / f"{subset}annot" / name, np.zeros((2, 3), np.uint8))
+    segnet = blank_segnet(tmp_path / "segnet")
     (segnet / "valannot" / "0016E5_07959.png").rename(segnet / "testannot" / "0016E5_07959.png")
     with pytest.raises(SystemExit, match="valannot.*missing labels.*0016E5_07959.png"):
         prepare_camvid.main(["--segnet", str(segnet), "--out", str(tmp_path / "camvid"),
