@@ -6,8 +6,9 @@ another city) and hands its masks to other tools:
     python predict.py --checkpoint saved_models/pseudo_cam/teacher_best.pth.tar \\
         --images data/camvid/unlabeled/train --out predictions
 
-writes OUT/index/<name>.png (class indices 0..10, the format of the *_labels folders) and
-OUT/colour/<name>.png (CamVid colours), each at its image's own size. Images are predicted at
+writes OUT/index/<name>.png (class indices: CamVid's 0..10, Cityscapes' 19 train ids, or those of
+your classes.json; the format of the labels) and OUT/colour/<name>.png (the data set's colours),
+each at its image's own size. Images are predicted at
 --image-scale (by default the scale the checkpoint was trained at) and the class probabilities
 are resized back bilinearly, as for the pseudo-labels.
 """
@@ -24,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from data.camvid import COLOURS, NUM_CLASSES, STATISTICS, decode_image, image_files, image_size
+from data import camvid, cityscapes, folder
+from data.segmentation import ClassTable, decode_image, image_files, image_size
 from models.swiftnet import swiftnet_rn18
 from utils.checkpoint import load_checkpoint, load_weights
 from utils.dist import Runtime, resolve_device
@@ -34,13 +36,24 @@ from utils.io import write_png
 from utils.pictures import colourise
 
 
-def load_model(path: Path, rt: Runtime) -> tuple[nn.Module, dict]:
-    """The SwiftNet-RN18 of a checkpoint, on the device, and the config it was trained with."""
+def class_table(config: dict) -> ClassTable:
+    """The classes, colours and statistics of the data set a checkpoint's run trained on."""
+    dataset = config.get("dataset", "camvid")
+    if dataset == "cityscapes":
+        return cityscapes.CLASSES
+    if dataset == "folder":
+        return folder.read_classes(config["data_root"])[0]
+    return camvid.THESIS_CLASSES if config.get("normalization") == "thesis" else camvid.CLASSES
+
+
+def load_model(path: Path, rt: Runtime) -> tuple[nn.Module, dict, ClassTable]:
+    """The SwiftNet-RN18 of a checkpoint, on the device, the config it was trained with and its classes."""
     checkpoint = load_checkpoint(path)
     config = checkpoint.get("config") or {}
-    model = swiftnet_rn18(NUM_CLASSES, *STATISTICS[config.get("normalization", "camvid")])
+    classes = class_table(config)
+    model = swiftnet_rn18(classes.num_classes, classes.mean, classes.std)
     load_weights(model, checkpoint, path)
-    return rt.prepare(model).eval(), config
+    return rt.prepare(model).eval(), config, classes
 
 
 def same_size_batches(paths: Sequence[Path], batch_size: int) -> Iterator[tuple[list[Path], tuple[int, int]]]:
@@ -68,14 +81,15 @@ def predict_batch(model: nn.Module, paths: Sequence[Path], size: tuple[int, int]
     return probs.argmax(1).to(torch.uint8).cpu().numpy()
 
 
-def predict_folder(model: nn.Module, images: Path, out: Path, scale: float, batch_size: int, rt: Runtime) -> int:
+def predict_folder(model: nn.Module, images: Path, out: Path, scale: float, batch_size: int,
+                   colours: Sequence[tuple[int, int, int]], rt: Runtime) -> int:
     """Writes OUT/index/<name>.png and OUT/colour/<name>.png for every image; returns their number."""
     paths = image_files(images)
     with tqdm(total=len(paths), desc="predict", unit="image", dynamic_ncols=True) as bar:
         for batch, size in same_size_batches(paths, batch_size):
             for path, labels in zip(batch, predict_batch(model, batch, size, scale, rt)):
                 write_png(out / "index" / f"{path.stem}.png", labels)
-                write_png(out / "colour" / f"{path.stem}.png", colourise(labels, COLOURS))
+                write_png(out / "colour" / f"{path.stem}.png", colourise(labels, colours))
             bar.update(len(batch))
     return len(paths)
 
@@ -99,12 +113,12 @@ def run(args: argparse.Namespace) -> str:
     if not args.images.is_dir():
         raise UserError(f"--images {args.images} is not a folder: give a folder of .png/.jpg images.")
     rt = Runtime(resolve_device(args.device))
-    model, config = load_model(args.checkpoint, rt)
+    model, config, classes = load_model(args.checkpoint, rt)
     scale = args.image_scale if args.image_scale is not None else float(config.get("image_scale", 1.0))
     if not scale > 0:
         raise UserError(f"--image-scale={scale}: give a positive factor, e.g. 0.5 for half size.")
     try:
-        count = predict_folder(model, args.images, args.out, scale, args.batch_size, rt)
+        count = predict_folder(model, args.images, args.out, scale, args.batch_size, classes.colours, rt)
     except OSError as error:
         raise UserError(f"Cannot write into {args.out} ({error.strerror}). Choose a writable --out folder.") from error
     return f"Predicted {count} images at scale {scale:g}: {args.out / 'index'} and {args.out / 'colour'}"

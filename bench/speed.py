@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TQDM_DISABLE", "1")  # the table is the output; progress bars would bury it
 
 from bench.mask_maker_speed import python_loop, synthetic_masks, time_lut  # noqa: E402
-from data.camvid import IGNORE_INDEX, NUM_CLASSES, STATISTICS, load_images, load_labels  # noqa: E402
+from data.camvid import IGNORE_INDEX, LOOKUP, NUM_CLASSES, STATISTICS  # noqa: E402
+from data.segmentation import load_images, load_labels  # noqa: E402
 from data.synthetic import render_street_scene  # noqa: E402
 from data.transforms import scale_crop_flip  # noqa: E402
 from models.swiftnet import swiftnet_rn18  # noqa: E402
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         image_paths, label_paths = make_dataset(Path(tmp), args.images, (width, height))
         images = load_images(image_paths).to(device)
-        labels = load_labels(label_paths).to(device)
+        labels = load_labels(label_paths, LOOKUP).to(device)
         pil = PilPipeline(image_paths, label_paths, args.crop)
         generator = torch.Generator().manual_seed(0)
         n = len(image_paths)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from bench.speed import PilPipeline, make_dataset
-from data.camvid import IGNORE_INDEX, NUM_CLASSES, STATISTICS, load_images, load_labels
+from data.camvid import IGNORE_INDEX, LOOKUP, NUM_CLASSES, STATISTICS
+from data.segmentation import load_images, load_labels
 from data.transforms import scale_crop_flip
 from models.swiftnet import swiftnet_rn18
 from utils.dist import Runtime
@@ -19,7 +20,7 @@ CPU = Runtime(torch.device("cpu"))
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
     image_paths, label_paths = make_dataset(tmp_path_factory.mktemp("scenes"), 6, (80, 60))
-    return image_paths, label_paths, load_images(image_paths), load_labels(label_paths)
+    return image_paths, label_paths, load_images(image_paths), load_labels(label_paths, LOOKUP)
 
 
 def test_batched_and_per_sample_augmentation_give_the_same_kind_of_batch(scenes):

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import semisup_cam
-from data.camvid import IGNORE_INDEX, SegmentationSet
+from data.camvid import CLASSES, IGNORE_INDEX
+from data.segmentation import SegmentationSet
 from utils.config import Config
 from utils.dist import Runtime
 from utils.engine import batch_plan, batch_split, endless_batches
@@ -69,10 +70,10 @@ def uniform_set(count: int, label: int) -> SegmentationSet:
 
 
 def test_each_joint_batch_holds_the_labeled_crops_first_then_the_pseudo_labeled_ones(cpu: Runtime) -> None:
-    cfg = Config(crop_size=16, normalization="camvid", pseudo_soft=False, strong_aug=False)
+    cfg = Config(crop_size=16, normalization="dataset", pseudo_soft=False, strong_aug=False)
     counts, steps = batch_plan([LABELED, PSEUDO], 8, cpu, [0.25, 0.75])
     batches = list(semisup_cam.joint_batches(uniform_set(LABELED, 0), uniform_set(PSEUDO, 1), counts, steps,
-                                             torch.Generator().manual_seed(0), cfg, cpu, teacher=None))
+                                             torch.Generator().manual_seed(0), CLASSES, cfg, cpu, teacher=None))
     assert len(batches) == steps
     for images, labels in batches:
         assert images.shape == (8, 3, 16, 16)

@@ -16,8 +16,8 @@ from PIL import Image
 from torch import nn
 
 import semisup_cam
-from data.camvid import (CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, SegmentationSet, load_unlabeled, read_split_file,
-                         sequence_of, split_names)
+from data.camvid import CLASS_NAMES, CLASSES, IGNORE_INDEX, NUM_CLASSES, load_unlabeled
+from data.segmentation import SegmentationSet, read_split_file, sequence_of, split_names
 from data.synthetic import make_street_scenes
 from utils.checkpoint import save_checkpoint
 from utils.config import Config
@@ -342,14 +342,14 @@ def test_a_worse_student_teaches_the_next_iteration_only_with_promote_always(
 
 def test_a_fresh_student_is_seeded_per_iteration_and_a_teacher_student_has_the_teachers_weights(
         tmp_path: Path, cpu: Runtime) -> None:
-    cfg = Config(seed=0, normalization="camvid", pretrained=False, pretrained_path="", init_checkpoint="",
+    cfg = Config(seed=0, normalization="dataset", pretrained=False, pretrained_path="", init_checkpoint="",
                  sync_bn=False)
-    fresh, again, other = (semisup_cam.fresh_model(cfg, cpu, salt) for salt in (1, 1, 2))
+    fresh, again, other = (semisup_cam.fresh_model(CLASSES, cfg, cpu, salt) for salt in (1, 1, 2))
     assert torch.equal(fresh.conv1.weight, again.conv1.weight)  # a resumed run builds the same student
     assert not torch.equal(fresh.conv1.weight, other.conv1.weight)
     save_checkpoint(tmp_path / "teacher_best.pth.tar", state_dict=other.state_dict())
     teacher = Candidate("teacher", tmp_path / "teacher_best.pth.tar", 50.0, of_this_run=False)
-    student = semisup_cam.trained_model(teacher, cfg, cpu, run=None)
+    student = semisup_cam.trained_model(teacher, CLASSES, cfg, cpu, run=None)
     assert all(torch.equal(tensor, other.state_dict()[name]) for name, tensor in student.state_dict().items())
 
 

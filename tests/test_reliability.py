@@ -363,7 +363,7 @@ BAD_INPUT: list[tuple[str, Callable[[Path, Path, pytest.MonkeyPatch], None], str
     ("label_of_another_size", lambda d, w, m: (_label_of_size(d, (32, 24)), _cam(d, w)),
      r"synth_train_0000\.png is 32x24 but its image is 64x48"),
     ("label_value_above_void", lambda d, w, m: (_label_value(d, 40), _cam(d, w)),
-     r"synth_train_0000\.png holds class index 40, but valid values are 0\.\.11.*mask_maker"),
+     r"synth_train_0000\.png holds the value 40, but its valid values are 0\.\.11.*mask_maker"),
     ("rgb_colour_mask", lambda d, w, m: (_colour_mask(d), _cam(d, w)),
      r"synth_val_0000\.png is a RGB image.*single-channel.*python data/mask_maker\.py"),
     ("unlabeled_folder_missing", lambda d, w, m: (shutil.rmtree(d / "unlabeled"), _cam(d, w, no_iter=1)),

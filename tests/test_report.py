@@ -81,8 +81,11 @@ def table(text: str, first_header: str, occurrence: int = 0) -> dict[str, dict[s
 
 # ----------------------------------------------------------------------------- report
 
-def test_metrics_keep_the_last_line_of_a_repeated_epoch(tmp_path: Path) -> None:
-    metrics = report.read_metrics(make_run(tmp_path / "run") / "metrics.jsonl")
+def test_metrics_keep_the_last_line_of_a_repeated_epoch_and_skip_a_damaged_one(tmp_path: Path) -> None:
+    path = make_run(tmp_path / "run") / "metrics.jsonl"
+    with path.open("a") as f:
+        f.write('{"phase": "it2_pseudo", "epoch": 2, "lo')  # cut short by a full disk
+    metrics = report.read_metrics(path)
     teacher = [(e["epoch"], e["score"]) for e in metrics if e["phase"] == "teacher"]
     assert teacher == [(1, 5.0), (2, 12.0)]
     assert [e["phase"] for e in metrics][-3:] == ["it1_pseudo", "it1_finetune", "it2_pseudo"]

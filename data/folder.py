@@ -1,0 +1,85 @@
+"""Your own data: a folder of images, their label masks and a class file.
+
+    DATA_ROOT/classes.json       {"names": ["road", "car", ...], "ignore": 255,
+                                  "colours": [[128, 64, 128], ...], "mean": [...], "std": [...]}
+    DATA_ROOT/images/NAME.jpg    RGB images (PNG or JPEG), all of one size
+    DATA_ROOT/labels/NAME.png    single-channel class indices 0..C-1 (and the ignore value)
+    DATA_ROOT/unlabeled/NAME.jpg optional: unlabeled images of the same size
+
+Only "names" is required. "ignore" is the label value of pixels no class is learned from (default:
+none besides C); "colours" draw pictures and colour masks (default: a fixed palette); "mean" and
+"std" are the RGB statistics in [0, 255] the model normalises with (default: ImageNet's).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data.segmentation import ClassTable, SegmentationSet, image_files, index_lookup, load_unlabeled_files, paired_files
+from utils.errors import UserError
+
+IMAGENET = ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
+HINT = "DATA_ROOT must hold classes.json, images/ and labels/ (README, 'Your own data')."
+LABEL_HINT = "Check the label against classes.json."
+
+
+def palette(count: int) -> tuple[tuple[int, int, int], ...]:
+    """PASCAL VOC's colour map: distinct colours spread over the bits of the index."""
+    colours = []
+    for index in range(count):
+        rgb, code = [0, 0, 0], index
+        for bit in range(7, -1, -1):
+            for channel in range(3):
+                rgb[channel] |= ((code >> channel) & 1) << bit
+            code >>= 3
+        colours.append(tuple(rgb))
+    return tuple(colours)
+
+
+def _check(path: Path, ok: bool, what: str) -> None:
+    if not ok:
+        raise UserError(f"{path}: {what}. {HINT}")
+
+
+def read_classes(root: str | Path) -> tuple[ClassTable, np.ndarray]:
+    """The class table of classes.json and the lookup from label values to class indices."""
+    path = Path(root) / "classes.json"
+    try:
+        spec: Any = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise UserError(f"{path} cannot be read ({error}). {HINT}") from error
+    _check(path, isinstance(spec, dict) and isinstance(spec.get("names"), list), 'needs "names", a list of class names')
+    names = spec["names"]
+    _check(path, 1 <= len(names) <= 254 and all(isinstance(n, str) for n in names) and len(set(names)) == len(names),
+           '"names" must be 1 to 254 different strings')
+    ignore = spec.get("ignore")
+    _check(path, ignore is None or (isinstance(ignore, int) and len(names) <= ignore <= 255),
+           f'"ignore" must be a label value from {len(names)} to 255, above the class indices 0..{len(names) - 1}')
+    colours = spec.get("colours", palette(len(names) + 1)[1:])  # black stays for ignore
+    if len(colours) == len(names):
+        colours = [*colours, (0, 0, 0)]  # ignore: black
+    _check(path, len(colours) == len(names) + 1 and all(
+        isinstance(c, list | tuple) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+        for c in colours), '"colours" must give one [r, g, b] (0..255) per class, and optionally one for ignore')
+    mean, std = spec.get("mean", IMAGENET[0]), spec.get("std", IMAGENET[1])
+    _check(path, all(len(v) == 3 and all(isinstance(x, int | float) for x in v) for v in (mean, std))
+           and min(std) > 0, '"mean" and "std" must be three numbers each, "std" above 0')
+    table = ClassTable(tuple(names), tuple(tuple(c) for c in colours), tuple(mean), tuple(std))
+    return table, index_lookup(len(names), [] if ignore is None else [ignore])
+
+
+def files(root: str | Path) -> tuple[list[Path], list[Path]]:
+    """The images and their labels, paired by name."""
+    return paired_files(Path(root) / "images", Path(root) / "labels", HINT)
+
+
+def load_unlabeled(root: str | Path, scale: float = 1.0, limit: int = 0) -> SegmentationSet | None:
+    """The images of unlabeled/, or None without that folder."""
+    folder = Path(root) / "unlabeled"
+    if not folder.is_dir():
+        return None
+    paths = image_files(folder, HINT)
+    return load_unlabeled_files(paths[:limit] if limit > 0 else paths, scale)
