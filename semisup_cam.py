@@ -45,6 +45,7 @@ DATA_ROOT = "data/camvid"  # thesis layout: train/, train_labels/, val/, ..., un
 VAL_SIZE = 100  # cityscapes and folder: train images held out to validate on (CamVid has its own val)
 IMAGE_SCALE = 1.0  # resize images (bilinear) and labels (nearest) at load time; 0.5 for CPU runs
 DATA_ON_DEVICE = True  # keep the decoded dataset on the GPU (uint8), so batches never wait for the host
+DATA_CACHE = ""  # a folder: decoded sets stay there as memory-mapped uint8 files (data larger than memory)
 LABELED_FRACTION = 1.0  # < 1: split protocol, that share of train keeps its labels, the rest is unlabeled
 SPLIT_BY_SEQUENCE = False  # split protocol: labeled images from every sequence in proportion (name before "_")
 SPLIT_FILE = ""  # reuse a split (the split.json of an earlier run), or a published list of labeled names (.txt)
@@ -142,7 +143,7 @@ def load_data(cfg: Config, rt: Runtime, run: Run) -> tuple[ClassTable, Segmentat
     are hidden (kept to measure the pseudo-labels). Cityscapes and folder data validate on VAL_SIZE train
     images held out of the unlabeled ones, or of the labeled ones where all are labeled; folder data also
     hold out a test set, the same for every SEED."""
-    root, scale = Path(cfg.data_root), cfg.image_scale
+    root, scale, cache = Path(cfg.data_root), cfg.image_scale, Path(cfg.data_cache) if cfg.data_cache else None
     split_protocol = cfg.labeled_fraction < 1 or bool(cfg.split_file)
     wants_frames = not split_protocol and cfg.no_iter > 0
     frames = val = test = None
@@ -154,12 +155,12 @@ def load_data(cfg: Config, rt: Runtime, run: Run) -> tuple[ClassTable, Segmentat
         classes, lookup, hint = cityscapes.CLASSES, cityscapes.LOOKUP, ""
         image_paths, label_paths = cityscapes.files(root, "train")
         names = [cityscapes.name_of(path) for path in image_paths]
-        test = cityscapes.load_subset(root, "val", scale)
+        test = cityscapes.load_subset(root, "val", scale, cache)
     elif cfg.dataset == "folder":
         (classes, lookup), hint = folder.read_classes(root), folder.LABEL_HINT
         image_paths, label_paths = folder.files(root)
         names = [path.stem for path in image_paths]
-        if wants_frames and (frames := folder.load_unlabeled(root, scale, cfg.max_unlabeled)) is None:
+        if wants_frames and (frames := folder.load_unlabeled(root, scale, cfg.max_unlabeled, cache)) is None:
             raise UserError(f"{root / 'unlabeled'} does not exist, but NO_ITER >= 1 with LABELED_FRACTION = 1 "
                             "pseudo-labels the images there: add them, or use the split protocol "
                             "(--labeled_fraction=1/8), or train the teacher alone (--no_iter=0).")
@@ -168,16 +169,16 @@ def load_data(cfg: Config, rt: Runtime, run: Run) -> tuple[ClassTable, Segmentat
         lookup, hint = camvid.LOOKUP, camvid.LABEL_HINT
         image_paths, label_paths = camvid.files(root, "train")
         names = [path.stem for path in image_paths]
-        val, test = camvid.load_split(root, "val", scale), camvid.load_split(root, "test", scale)
+        val, test = camvid.load_split(root, "val", scale, cache), camvid.load_split(root, "test", scale, cache)
         if wants_frames:
-            frames = camvid.load_unlabeled(root / "unlabeled" / "train", scale, cfg.max_unlabeled)
+            frames = camvid.load_unlabeled(root / "unlabeled" / "train", scale, cfg.max_unlabeled, cache)
     position = {name: i for i, name in enumerate(names)}
 
     def load(chosen: list[str]) -> SegmentationSet:
         """Decodes only the chosen train images: each image is held once, in the set it belongs to."""
         index = [position[name] for name in chosen]
         return load_labeled([image_paths[i] for i in index], [label_paths[i] for i in index], lookup, scale, hint,
-                            chosen)
+                            chosen, cache)
 
     if test is None:  # folder data hold out their own test set, the same for every SEED
         test_names, names = held_out(names, cfg.val_size, 0, "test")
@@ -201,7 +202,7 @@ def load_data(cfg: Config, rt: Runtime, run: Run) -> tuple[ClassTable, Segmentat
     labeled = load(labeled_names)
     unlabeled = load(unlabeled_names) if split_protocol else frames
     sets = [labeled, unlabeled, val, test]
-    if rt.device.type == "cuda":  # on the GPU, or in pinned memory for asynchronous copies
+    if rt.device.type == "cuda" and (cfg.data_on_device or not cache):  # pinned: asynchronous copies
         sets = [s if s is None else s.to(rt.device) if cfg.data_on_device else s.pin_memory() for s in sets]
     return classes, sets[0], sets[1], sets[2], sets[3]
 

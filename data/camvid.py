@@ -48,11 +48,12 @@ def files(root: str | Path, subset: str) -> tuple[list[Path], list[Path]]:
     return paired_files(Path(root) / subset, Path(root) / f"{subset}_labels", LAYOUT_HINT)
 
 
-def load_split(root: str | Path, subset: str, scale: float = 1.0) -> SegmentationSet:
-    return load_labeled(*files(root, subset), LOOKUP, scale, LABEL_HINT)
+def load_split(root: str | Path, subset: str, scale: float = 1.0, cache: Path | None = None) -> SegmentationSet:
+    return load_labeled(*files(root, subset), LOOKUP, scale, LABEL_HINT, cache=cache)
 
 
-def load_unlabeled(folder: str | Path, scale: float = 1.0, limit: int = 0) -> SegmentationSet:
+def load_unlabeled(folder: str | Path, scale: float = 1.0, limit: int = 0,
+                   cache: Path | None = None) -> SegmentationSet:
     """Unlabeled frames; `limit` > 0 keeps the first `limit` (sorted by name) for quick runs."""
     folder = Path(folder)
     if not folder.is_dir() or not any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()):
@@ -62,6 +63,6 @@ def load_unlabeled(folder: str | Path, scale: float = 1.0, limit: int = 0) -> Se
                         "(README, 'Preparing CamVid'); or use the split protocol (--labeled_fraction=1/8), or train "
                         "the teacher alone (--no_iter=0).")
     paths = image_files(folder, LAYOUT_HINT)
-    return load_unlabeled_files(paths[:limit] if limit > 0 else paths, scale)
+    return load_unlabeled_files(paths[:limit] if limit > 0 else paths, scale, cache)
 
 

@@ -58,6 +58,6 @@ def name_of(image: Path) -> str:
     return image.name[: -len(IMAGE_SUFFIX)]
 
 
-def load_subset(root: str | Path, subset: str, scale: float = 1.0) -> SegmentationSet:
+def load_subset(root: str | Path, subset: str, scale: float = 1.0, cache: Path | None = None) -> SegmentationSet:
     images, labels = files(Path(root), subset)
-    return load_labeled(images, labels, LOOKUP, scale, names=[name_of(path) for path in images])
+    return load_labeled(images, labels, LOOKUP, scale, names=[name_of(path) for path in images], cache=cache)

@@ -76,10 +76,11 @@ def files(root: str | Path) -> tuple[list[Path], list[Path]]:
     return paired_files(Path(root) / "images", Path(root) / "labels", HINT)
 
 
-def load_unlabeled(root: str | Path, scale: float = 1.0, limit: int = 0) -> SegmentationSet | None:
+def load_unlabeled(root: str | Path, scale: float = 1.0, limit: int = 0,
+                   cache: Path | None = None) -> SegmentationSet | None:
     """The images of unlabeled/, or None without that folder."""
     folder = Path(root) / "unlabeled"
     if not folder.is_dir():
         return None
     paths = image_files(folder, HINT)
-    return load_unlabeled_files(paths[:limit] if limit > 0 else paths, scale)
+    return load_unlabeled_files(paths[:limit] if limit > 0 else paths, scale, cache)

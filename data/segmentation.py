@@ -9,7 +9,9 @@ with the file name and the fix, before any training starts.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,6 +21,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock; give each process its own DATA_CACHE
+    fcntl = None
 
 from utils.errors import UserError
 
@@ -188,28 +195,51 @@ def _decode_all(decode: Callable[[Path], np.ndarray], paths: Sequence[Path]) -> 
         return list(pool.map(decode, paths))
 
 
-def _decode_into(decode: Callable[[int], np.ndarray], paths: Sequence[Path], channels_first: bool) -> torch.Tensor:
+def _decode_into(decode: Callable[[int], np.ndarray], paths: Sequence[Path], channels_first: bool,
+                 cache: Path | None, recipe: str) -> torch.Tensor:
     """decode(i) of every path, in threads, straight into one tensor: the set is held once, not twice
-    (2,975 Cityscapes images are 18.7 GB at full size)."""
+    (2,975 Cityscapes images are 18.7 GB at full size). With a `cache` folder the tensor is a file there,
+    memory-mapped: decoded once, then read from disk or the page cache as batches ask for it, so a data
+    set larger than the memory trains too. The file is named by a hash of the files, their sizes and
+    modification times, and the `recipe` that decodes them."""
     first = decode(0)
-    shape = first.shape
-    out = torch.empty((len(paths), shape[2], *shape[:2]) if channels_first else (len(paths), *shape), dtype=torch.uint8)
-    slots = out.numpy()
+    size = first.shape
+    shape = (len(paths), size[2], *size[:2]) if channels_first else (len(paths), *size)
 
-    def put(i: int) -> None:
-        array = first if i == 0 else decode(i)
-        if array.shape != shape:
-            raise UserError(f"{paths[i]} is {array.shape[1]}x{array.shape[0]} but {paths[0].name} is "
-                            f"{shape[1]}x{shape[0]}: all images of a set must have one size. Resize them first.")
-        slots[i] = array.transpose(2, 0, 1) if channels_first else array
+    def fill(slots: np.ndarray) -> None:
+        def put(i: int) -> None:
+            array = first if i == 0 else decode(i)
+            if array.shape != size:
+                raise UserError(f"{paths[i]} is {array.shape[1]}x{array.shape[0]} but {paths[0].name} is "
+                                f"{size[1]}x{size[0]}: all images of a set must have one size. Resize them first.")
+            slots[i] = array.transpose(2, 0, 1) if channels_first else array
 
-    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
-        list(pool.map(put, range(len(paths))))
-    return out
+        with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+            list(pool.map(put, range(len(paths))))
+
+    if cache is None:
+        out = torch.empty(shape, dtype=torch.uint8)
+        fill(out.numpy())
+        return out
+    stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+    key = hashlib.sha1(json.dumps([recipe, shape, stats]).encode()).hexdigest()[:16]
+    path = cache / f"{key}.uint8"
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f"{key}.lock", "w") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another process decoding the same set (torchrun): wait for it
+        if not (path.is_file() and path.stat().st_size == math.prod(shape)):
+            partial = path.with_suffix(".partial")  # a killed decode's leftover is overwritten
+            slots = np.memmap(partial, np.uint8, "w+", shape=shape)
+            fill(slots)
+            slots.flush()
+            del slots
+            os.replace(partial, path)
+    return torch.from_numpy(np.memmap(path, np.uint8, "c", shape=shape))  # copy-on-write: never written back
 
 
-def load_images(paths: Sequence[Path], scale: float = 1.0) -> torch.Tensor:
-    return _decode_into(lambda i: decode_image(paths[i], scale), paths, channels_first=True)
+def load_images(paths: Sequence[Path], scale: float = 1.0, cache: Path | None = None) -> torch.Tensor:
+    return _decode_into(lambda i: decode_image(paths[i], scale), paths, True, cache, f"images {scale}")
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -222,21 +252,22 @@ def image_size(path: Path) -> tuple[int, int]:
 
 
 def load_labels(paths: Sequence[Path], lookup: np.ndarray, scale: float = 1.0,
-                image_paths: Sequence[Path] | None = None, hint: str = "") -> torch.Tensor:
+                image_paths: Sequence[Path] | None = None, hint: str = "", cache: Path | None = None) -> torch.Tensor:
     sizes = [None] * len(paths) if image_paths is None else _decode_all(image_size, image_paths)
-    return _decode_into(lambda i: decode_label(paths[i], scale, lookup, sizes[i], hint), paths, channels_first=False)
+    return _decode_into(lambda i: decode_label(paths[i], scale, lookup, sizes[i], hint), paths, False, cache,
+                        f"labels {scale} {lookup.tobytes().hex()}")
 
 
 def load_labeled(image_paths: Sequence[Path], label_paths: Sequence[Path], lookup: np.ndarray, scale: float,
-                 hint: str = "", names: Sequence[str] | None = None) -> SegmentationSet:
+                 hint: str = "", names: Sequence[str] | None = None, cache: Path | None = None) -> SegmentationSet:
     """Images and their labels; named by `names`, or by the images' file stems."""
-    images = load_images(image_paths, scale)
-    labels = load_labels(label_paths, lookup, scale, image_paths, hint)
+    images = load_images(image_paths, scale, cache)
+    labels = load_labels(label_paths, lookup, scale, image_paths, hint, cache)
     return SegmentationSet(images, labels, list(names or [p.stem for p in image_paths]), image_size(image_paths[0]))
 
 
-def load_unlabeled_files(paths: Sequence[Path], scale: float) -> SegmentationSet:
-    return SegmentationSet(load_images(paths, scale), None, [p.stem for p in paths], image_size(paths[0]))
+def load_unlabeled_files(paths: Sequence[Path], scale: float, cache: Path | None = None) -> SegmentationSet:
+    return SegmentationSet(load_images(paths, scale, cache), None, [p.stem for p in paths], image_size(paths[0]))
 
 
 # ----------------------------------------------------------------------------- the split protocol

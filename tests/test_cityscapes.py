@@ -1,5 +1,5 @@
 """Cityscapes: the official label table, the official file layout, its errors, the published split lists,
-and a teacher and one iteration on a generated tree."""
+and a teacher and one iteration on a generated tree (trained from DATA_CACHE's memory-mapped files)."""
 from __future__ import annotations
 
 import json
@@ -144,7 +144,8 @@ def test_a_generated_tree_trains_a_teacher_and_an_iteration_from_a_split_list(
     split = tmp_path / "labeled.txt"
     split.write_text("aachen/aachen_000000_000000\nbochum/bochum_000000_000004\naachen/aachen_000000_000002\n")
     semisup_cam.main(main_args(tree, tmp_path, dataset="cityscapes", split_file=split, val_size=2, no_iter=1,
-                               pseudo_epochs=1, finetune_epochs=1, pseudo_root=tmp_path / "pseudo", pictures=1))
+                               pseudo_epochs=1, finetune_epochs=1, pseudo_root=tmp_path / "pseudo", pictures=1,
+                               data_cache=tmp_path / "cache"))
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["finished"] and len(summary["iterations"]) == 1
     assert set(summary["teacher"]["per_class_iou"]) == set(cityscapes.NAMES)
@@ -155,6 +156,7 @@ def test_a_generated_tree_trains_a_teacher_and_an_iteration_from_a_split_list(
     pseudo = np.array(Image.open(tmp_path / "pseudo" / "train_pseudoIt1" / f"{recorded['unlabeled'][0]}.png"))
     assert pseudo.shape == (TINY_SIZE[1], TINY_SIZE[0]) and pseudo.max() <= 19
     assert summary["iterations"][0]["pseudo_frames"] == 5 and summary["iterations"][0]["pseudo_miou"] is not None
+    assert len(list((tmp_path / "cache").glob("*.uint8"))) == 2 * 4  # test, val, labeled and unlabeled: memory-mapped
 
     # Predictions of the Cityscapes model: train ids, and the Cityscapes palette.
     out = tmp_path / "predicted"
