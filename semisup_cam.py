@@ -44,6 +44,7 @@ DATASET = "camvid"  # "camvid" (thesis layout), "cityscapes" (official layout) o
 DATA_ROOT = "data/camvid"  # thesis layout: train/, train_labels/, val/, ..., unlabeled/train/
 VAL_SIZE = 100  # cityscapes and folder: train images held out to validate on (CamVid has its own val)
 IMAGE_SCALE = 1.0  # resize images (bilinear) and labels (nearest) at load time; 0.5 for CPU runs
+EVAL_SCALE = 0.0  # val and test at this scale instead (0 = IMAGE_SCALE); 1.0 tests a half-size model at full size
 DATA_ON_DEVICE = True  # keep the decoded dataset on the GPU (uint8), so batches never wait for the host
 DATA_CACHE = ""  # a folder: decoded sets stay there as memory-mapped uint8 files (data larger than memory)
 LABELED_FRACTION = 1.0  # < 1: split protocol, that share of train keeps its labels, the rest is unlabeled
@@ -106,6 +107,7 @@ def check_config(cfg: Config) -> None:
     check_choice(cfg, "normalization", ("dataset", "thesis"))
     check_ranges(cfg, {
         "image_scale": (lambda v: 0 < v < math.inf, "a positive factor, e.g. 0.5 for half size"),
+        "eval_scale": (lambda v: 0 <= v < math.inf, "a positive factor, e.g. 1.0 for full size, or 0 for IMAGE_SCALE"),
         "crop_size": (lambda v: v >= 1, "the side of the square training crops in pixels, e.g. 448"),
         "val_size": (lambda v: v >= 1, "how many train images to hold out for validation, at least 1"),
         "tta_scales": (lambda v: len(v) > 0 and all(0 < s < math.inf for s in v),
@@ -144,6 +146,7 @@ def load_data(cfg: Config, rt: Runtime, run: Run) -> tuple[ClassTable, Segmentat
     images held out of the unlabeled ones, or of the labeled ones where all are labeled; folder data also
     hold out a test set, the same for every SEED."""
     root, scale, cache = Path(cfg.data_root), cfg.image_scale, Path(cfg.data_cache) if cfg.data_cache else None
+    eval_scale = cfg.eval_scale or scale
     split_protocol = cfg.labeled_fraction < 1 or bool(cfg.split_file)
     wants_frames = not split_protocol and cfg.no_iter > 0
     frames = val = test = None
@@ -155,7 +158,7 @@ def load_data(cfg: Config, rt: Runtime, run: Run) -> tuple[ClassTable, Segmentat
         classes, lookup, hint = cityscapes.CLASSES, cityscapes.LOOKUP, ""
         image_paths, label_paths = cityscapes.files(root, "train")
         names = [cityscapes.name_of(path) for path in image_paths]
-        test = cityscapes.load_subset(root, "val", scale, cache)
+        test = cityscapes.load_subset(root, "val", eval_scale, cache)
     elif cfg.dataset == "folder":
         (classes, lookup), hint = folder.read_classes(root), folder.LABEL_HINT
         image_paths, label_paths = folder.files(root)
@@ -169,20 +172,20 @@ def load_data(cfg: Config, rt: Runtime, run: Run) -> tuple[ClassTable, Segmentat
         lookup, hint = camvid.LOOKUP, camvid.LABEL_HINT
         image_paths, label_paths = camvid.files(root, "train")
         names = [path.stem for path in image_paths]
-        val, test = camvid.load_split(root, "val", scale, cache), camvid.load_split(root, "test", scale, cache)
+        val, test = (camvid.load_split(root, subset, eval_scale, cache) for subset in ("val", "test"))
         if wants_frames:
             frames = camvid.load_unlabeled(root / "unlabeled" / "train", scale, cfg.max_unlabeled, cache)
     position = {name: i for i, name in enumerate(names)}
 
-    def load(chosen: list[str]) -> SegmentationSet:
+    def load(chosen: list[str], at: float = scale) -> SegmentationSet:
         """Decodes only the chosen train images: each image is held once, in the set it belongs to."""
         index = [position[name] for name in chosen]
-        return load_labeled([image_paths[i] for i in index], [label_paths[i] for i in index], lookup, scale, hint,
+        return load_labeled([image_paths[i] for i in index], [label_paths[i] for i in index], lookup, at, hint,
                             chosen, cache)
 
     if test is None:  # folder data hold out their own test set, the same for every SEED
         test_names, names = held_out(names, cfg.val_size, 0, "test")
-        test = load(test_names)
+        test = load(test_names, eval_scale)
     labeled_names, unlabeled_names = names, []
     if cfg.split_file:
         labeled_names, unlabeled_names = read_split_file(cfg.split_file, names)
@@ -193,7 +196,7 @@ def load_data(cfg: Config, rt: Runtime, run: Run) -> tuple[ClassTable, Segmentat
             val_names, unlabeled_names = held_out(unlabeled_names, cfg.val_size, cfg.seed, "val")
         else:
             val_names, labeled_names = held_out(labeled_names, cfg.val_size, cfg.seed, "val")
-        val = load(val_names)
+        val = load(val_names, eval_scale)
     if cfg.max_unlabeled > 0:
         unlabeled_names = unlabeled_names[: cfg.max_unlabeled]
     if rt.is_main and (split_protocol or cfg.dataset != "camvid"):

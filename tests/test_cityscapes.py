@@ -168,6 +168,16 @@ def test_a_generated_tree_trains_a_teacher_and_an_iteration_from_a_split_list(
     assert np.array_equal(colour, np.array(cityscapes.COLOURS, np.uint8)[index])
 
 
+def test_a_half_size_model_is_validated_and_tested_at_full_size_with_eval_scale(
+        tree: Path, tmp_path: Path, main_args: Callable[..., list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    evaluated = []
+    evaluate = semisup_cam.evaluate
+    monkeypatch.setattr(semisup_cam, "evaluate", lambda model, images, *args: evaluated.append(images.shape[-2:])
+                        or evaluate(model, images, *args))
+    semisup_cam.main(main_args(tree, tmp_path, dataset="cityscapes", val_size=2, image_scale=0.5, eval_scale=1.0))
+    assert set(evaluated) == {(TINY_SIZE[1], TINY_SIZE[0])} and len(evaluated) == 2  # validated once, tested once
+
+
 def test_cityscapes_without_a_split_has_nothing_to_pseudo_label(tree: Path, tmp_path: Path,
                                                                 main_args: Callable[..., list[str]]) -> None:
     with pytest.raises(UserError, match="no unlabeled frames.*--split_file=data/splits/cityscapes"):
