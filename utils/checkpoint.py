@@ -1,9 +1,6 @@
-"""Checkpoints: written atomically, read with `weights_only=True`, inspectable from the shell.
-
-A checkpoint is a dict of tensors and plain Python values only (no pickled objects), so loading
-one can never run code. Best checkpoints keep the thesis's fields (`iteration`, `epoch`,
-`state_dict`, `optimizer`, `val_iou` or `val_acc`) plus the run's config and id; resume checkpoints
-add the scheduler, the random states and the phase's progress.
+"""Checkpoints: dicts of tensors and plain values only, written atomically and read with `weights_only=True`,
+so loading one can never run code. Best checkpoints keep the thesis's fields (`iteration`, `epoch`, `state_dict`,
+`optimizer`, `val_iou` or `val_acc`) plus the run's config and id. To see what one holds:
 
     python -m utils.checkpoint saved_models/pseudo_cam/teacher_best.pth.tar
 """
@@ -13,6 +10,7 @@ import argparse
 import datetime
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +35,13 @@ def save_checkpoint(path: str | os.PathLike, **fields: Any) -> None:
                         "a writable place (--save_dir=PATH, --run_dir=PATH).") from error
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"Checkpoint {path} does not exist. Check SAVE_DIR (or the path), or train the model "
                         "again: --resume=False starts a run over.")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load fails in many ways on a damaged file; all mean the same here
         text = str(error)
         lines = [line.strip() for line in text.split("WeightsUnpickler error:")[-1].splitlines() if line.strip()]
@@ -84,10 +82,7 @@ def load_fitting(model: nn.Module, state: dict[str, Any], path: str | os.PathLik
                         f"{list(tensors)[:3]}). Give a checkpoint of this model: one of ours, or the reference "
                         "code's.")
     model.load_state_dict(fitting, strict=False)
-    groups: dict[str, int] = {}
-    for name in fitting:
-        group = name.split(".")[0]
-        groups[group] = groups.get(group, 0) + 1
+    groups = Counter(name.split(".")[0] for name in fitting)
     lines = [f"Initialised from {path}: loaded {len(fitting)} of the model's {len(own)} tensors: "
              + ", ".join(f"{group} ({count})" for group, count in groups.items())]
     fresh = [name for name in own if name not in fitting]
@@ -109,27 +104,22 @@ def parameter_count(state_dict: dict[str, torch.Tensor]) -> int:
 
 
 def describe(checkpoint: dict[str, Any]) -> str:
-    lines = []
-    for key in ("phase", "iteration", "epoch", "val_iou", "val_acc", "best_score", "saved_at"):
-        if key in checkpoint:
-            lines.append(f"{key:>12}: {checkpoint[key]}")
+    shown = ("phase", "iteration", "epoch", "val_iou", "val_acc", "best_score", "saved_at")
+    lines = [f"{key:>12}: {checkpoint[key]}" for key in shown if key in checkpoint]
     if "state_dict" in checkpoint:
         lines.append(f"{'parameters':>12}: {parameter_count(checkpoint['state_dict']):,}")
-    others = sorted(set(checkpoint) - {"config", "state_dict", "phase", "iteration", "epoch", "val_iou",
-                                       "val_acc", "best_score", "saved_at"})
+    others = sorted(set(checkpoint) - {"config", "state_dict", *shown})
     if others:
         lines.append(f"{'also holds':>12}: {', '.join(others)}")
-    for key, value in checkpoint.get("config", {}).items():
-        lines.append(f"{'config':>12}  {key} = {value!r}")
+    lines += [f"{'config':>12}  {key} = {value!r}" for key, value in checkpoint.get("config", {}).items()]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Print what a checkpoint of this project holds.")
     parser.add_argument("paths", nargs="+", help="checkpoint files (.pth.tar)")
-    args = parser.parse_args(argv)
     try:
-        for path in args.paths:
+        for path in parser.parse_args(argv).paths:
             print(f"{path}\n{describe(load_checkpoint(path))}")
     except UserError as error:
         sys.exit(f"error: {error}")

@@ -1,8 +1,6 @@
 """A tiny configurator in the spirit of nanoGPT's: the entry script's UPPER_CASE constants are the
-configuration, and `--lower_case_name=value` on the command line overrides any of them.
-
-Values are parsed to the type of the constant they override, so a typo fails at start-up with a
-message instead of hours later; fractions like `--labeled_fraction=1/8` are accepted for floats.
+configuration, and `--lower_case_name=value` overrides any of them, parsed to the constant's type so
+that a typo fails at start-up, not hours later.
 """
 from __future__ import annotations
 
@@ -13,8 +11,6 @@ from fractions import Fraction
 from typing import Any, Callable, Mapping, Sequence
 
 from utils.errors import UserError
-
-SIMPLE_TYPES = (bool, int, float, str, list)
 
 
 class Config(dict):
@@ -30,7 +26,7 @@ class Config(dict):
 def constants_of(namespace: Mapping[str, Any]) -> dict[str, Any]:
     """The UPPER_CASE constants of a module namespace, by lower-case name."""
     return {k.lower(): v for k, v in namespace.items()
-            if k.isupper() and not k.startswith("_") and isinstance(v, SIMPLE_TYPES)}
+            if k.isupper() and not k.startswith("_") and isinstance(v, (bool, int, float, str, list))}
 
 
 def parse_value(name: str, text: str, default: Any) -> Any:
@@ -71,7 +67,8 @@ def configure(namespace: Mapping[str, Any], argv: Sequence[str],
             demo = True
             continue
         if arg in ("-h", "--help"):
-            print(usage(defaults))
+            print("Override any constant as --name=value; --demo runs on generated data. Constants and defaults:",
+                  *(f"  --{name}={json.dumps(value)}" for name, value in defaults.items()), sep="\n")
             raise SystemExit(0)
         if not arg.startswith("--") or "=" not in arg:
             raise UserError(f"Cannot read argument {arg!r}: write --name=value (e.g. --batch_size=8), or --demo.")
@@ -86,12 +83,6 @@ def configure(namespace: Mapping[str, Any], argv: Sequence[str],
     cfg.update({name: parse_value(name, text, defaults[name]) for name, text in overrides.items()})
     cfg["demo"] = demo
     return cfg
-
-
-def usage(defaults: Mapping[str, Any]) -> str:
-    lines = ["Override any constant as --name=value; --demo runs on generated data. Constants and defaults:"]
-    lines += [f"  --{name}={json.dumps(value)}" for name, value in defaults.items()]
-    return "\n".join(lines)
 
 
 def check_choice(cfg: Mapping[str, Any], name: str, allowed: Sequence[str]) -> None:

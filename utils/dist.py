@@ -2,7 +2,6 @@
 
 A plain `python semisup_cam.py` is a world of one; under `torchrun --nproc_per_node=N` every
 process joins a process group (NCCL on CUDA, gloo on CPU) and works on its shard of each epoch.
-Everything else in the project asks `Runtime` instead of checking environment variables itself.
 """
 from __future__ import annotations
 
@@ -42,12 +41,8 @@ class Runtime:
             td.barrier()
 
     def sync_buffers(self, model: nn.Module) -> None:
-        """Rank 0's BatchNorm statistics everywhere.
-
-        DDP broadcasts buffers at the start of each forward, so after the last step every rank
-        holds statistics of its own shard; evaluating with those would disagree with the
-        checkpoint, which rank 0 writes.
-        """
+        """Rank 0's BatchNorm statistics everywhere: after the last step each rank holds those of its own
+        shard, and evaluating with them would disagree with the checkpoint, which rank 0 writes."""
         if self.distributed:
             for buffer in model.buffers():
                 td.broadcast(buffer, src=0)
@@ -95,10 +90,8 @@ def setup(device_name: str) -> Runtime:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if device.type == "cpu":
-        # Weights of channels that stop getting gradients decay into subnormal floats (14% of a
-        # CamVid teacher's weights after 1200 epochs), and x86 arithmetic on subnormals is many times
-        # slower: CPU epochs took three times as long late in training. Flushing them to zero costs
-        # nothing in accuracy (they are below 1.2e-38). A no-op where the CPU cannot flush.
+        # Weights that stop getting gradients decay into subnormal floats, on which x86 arithmetic is many
+        # times slower (late CPU epochs took three times as long); they are below 1.2e-38, so flush them to zero.
         torch.set_flush_denormal(True)
     if device.type == "cuda":
         if "LOCAL_RANK" in os.environ:

@@ -1,6 +1,5 @@
 """Training and evaluation mechanics shared by both experiments: the loss, shuffled batches, an
 epoch, a phase with resume and best checkpoint (`fit`), evaluation and batched prediction.
-
 What a phase trains on (its batches, targets and loss) is decided by the entry scripts and passed in.
 """
 from __future__ import annotations
@@ -37,18 +36,10 @@ class NonFiniteLogits(UserError):
     pass
 
 
-def finite(model: nn.Module) -> bool:
-    """Whether every weight and BatchNorm statistic is a finite number."""
-    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
-    return bool(torch.stack([t.isfinite().all() for t in tensors]).all())
-
-
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-    """Mean over the pixels (or samples) that are not ignored; 0 when a batch is all ignored.
-
-    `target` holds class indices, or class distributions shaped like `logits` (PSEUDO_SOFT), where
-    an all-zero distribution is the ignored pixel. PyTorch's mean reduction divides by zero on an
-    all-ignored batch and poisons the weights with NaN, which a high pseudo-label threshold makes likely.
+    """Mean over the pixels (or samples) that are not ignored; 0, not PyTorch's NaN, when a batch is all
+    ignored, which a high pseudo-label threshold makes likely. `target` holds class indices, or class
+    distributions shaped like `logits` (PSEUDO_SOFT), where an all-zero distribution is the ignored pixel.
     """
     if target.is_floating_point():
         total = F.cross_entropy(logits.float(), target, reduction="sum")
@@ -57,24 +48,16 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int 
     return total / (target != ignore_index).sum().clamp(min=1)
 
 
-def batch_indices(n: int, batch_size: int, generator: torch.Generator, rt: Runtime) -> torch.Tensor:
-    """A shuffled epoch as (steps, about batch_size / world) indices: this process's share of each batch.
-
-    The last incomplete batch is dropped (BatchNorm dislikes tiny batches); a set smaller than one
-    batch gives one batch of all of it.
+def endless_batches(n: int, batch_size: int, generator: torch.Generator, rt: Runtime) -> Iterator[torch.Tensor]:
+    """This process's share (about batch_size / world indices) of one batch after another, a new shuffle
+    at the end of each pass, so a small set can be cycled beside a large one. The last incomplete batch
+    is dropped (BatchNorm dislikes tiny batches); a set smaller than one batch gives one batch of all of it.
     """
-    order = torch.randperm(n, generator=generator)
     batch_size = min(batch_size, n)
     steps = n // batch_size
-    batches = order[: steps * batch_size].view(steps, batch_size)
-    return batches[:, rt.rank :: rt.world]
-
-
-def endless_batches(n: int, batch_size: int, generator: torch.Generator, rt: Runtime) -> Iterator[torch.Tensor]:
-    """This process's indices of one batch after another, a new shuffle at the end of each pass, so a
-    small set can be cycled beside a large one."""
     while True:
-        yield from batch_indices(n, batch_size, generator, rt)
+        order = torch.randperm(n, generator=generator)
+        yield from order[: steps * batch_size].view(steps, batch_size)[:, rt.rank :: rt.world]
 
 
 def batch_split(batch_size: int, shares: Sequence[float]) -> list[int]:
@@ -128,11 +111,8 @@ def train_one_epoch(model: nn.Module, batches: Iterable[Batch], steps: int, opti
 @torch.inference_mode()
 def predict_probs(model: nn.Module, images: torch.Tensor, rt: Runtime, scales: Sequence[float] = (1.0,),
                   flip: bool = False) -> torch.Tensor:
-    """Softmax of one batch, averaged over `scales` and, with `flip`, horizontal mirroring.
-
-    Segmentation logits are resized back to the input size before averaging; classification
-    logits (B,C) need no resizing, and mirrored images give them a second view just the same.
-    """
+    """Softmax of one batch, averaged over `scales` and, with `flip`, horizontal mirroring; segmentation
+    logits are resized back to the input size first, classification logits (B,C) are taken as they are."""
     model.eval()
     images = images.to(rt.device, non_blocking=True)
     size = images.shape[-2:]
@@ -194,24 +174,6 @@ class Candidate:
     of_this_run: bool = True  # False for TEACHER_CHECKPOINT, which another run wrote
 
 
-def _rng_state(generator: torch.Generator) -> dict[str, Any]:
-    state = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
-    generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-RESUME_FIELDS = ("state_dict", "optimizer", "scheduler", "rng", "epoch", "seconds", "loss", "best_score",
-                 "best_epoch")
-
-
 def _resume_state(path: Path, with_mean_teacher: bool, phase: str, run: Run) -> dict[str, Any] | None:
     """The phase's resume checkpoint; None when there is none, or when it cannot be used (then the phase
     starts over, which only costs the time it had trained)."""
@@ -220,12 +182,13 @@ def _resume_state(path: Path, with_mean_teacher: bool, phase: str, run: Run) -> 
     try:
         state = load_checkpoint(path)
     except UserError as error:
-        run.note(True, f"{error} The phase {phase} starts over.")
+        run.note(f"{error} The phase {phase} starts over.")
         return None
-    needed = RESUME_FIELDS + (("mean_teacher",) if with_mean_teacher else ())
+    needed = ["state_dict", "optimizer", "scheduler", "rng", "epoch", "seconds", "loss", "best_score", "best_epoch"]
+    needed += ["mean_teacher"] if with_mean_teacher else []
     missing = [field for field in needed if field not in state]
     if missing:
-        run.note(True, f"{path} lacks {', '.join(missing)} to resume from: the phase {phase} starts over.")
+        run.note(f"{path} lacks {', '.join(missing)} to resume from: the phase {phase} starts over.")
         return None
     return state
 
@@ -237,9 +200,8 @@ def _diverged(phase: str, epoch: int, what: str, last_path: Path) -> TrainingDiv
                             "rate (a changed config needs --resume=False or another --run_dir) and run again.")
 
 
-# The resume checkpoint holds the optimizer state (141 MB for SwiftNet-RN18 with Adam). Saving it
-# took about 0.34 s, a third of a two-step epoch of a 23-image teacher; between evaluations it is
-# written once this many seconds have passed, the most training a kill can cost.
+# The resume checkpoint holds the optimizer state (141 MB for SwiftNet-RN18 with Adam), too slow to save after
+# every short epoch: between evaluations it is saved once this many seconds have passed, the most a kill can cost.
 RESUME_SAVE_EVERY_S = 60.0
 
 
@@ -252,22 +214,20 @@ def fit(model: nn.Module, phase: str, iteration: int, batches: Callable[[torch.G
     """Trains `model` through one phase of `epochs` epochs of `steps` batches, with a cosine schedule
     from the optimizer's rate to `lr_min`; resumes the phase if it was interrupted, skips it if done.
 
-    `batches(generator)` yields an epoch; `generator` is seeded by `seed` and the phase's name, and its
-    state is kept in the resume checkpoint so a resumed phase draws the same crops. `model` is
-    validated every `eval_each` epochs and at the end; the best score's weights go to `best.path`.
-    A `mean_teacher` is moved after every step, validated too and kept with the resume checkpoint;
-    `monitor` adds numbers of its own to each evaluation's record. On return `model` holds the final
-    weights. Returns the phase's record: best score and epoch, final loss, seconds.
+    `batches(generator)` yields an epoch; the generator's state is kept in the resume checkpoint so a
+    resumed phase draws the same crops. The best validation score's weights go to `best.path`; a
+    `mean_teacher` is moved after every step and validated too; `monitor` adds numbers to each
+    evaluation's record. On return `model` holds the final weights. Returns the phase's record.
     """
-    last_path = run.last_checkpoint(phase)
-    finished = run.done(phase)
+    last_path = run.folder / f"last_{phase}.pth.tar"
+    finished = run.progress.get(phase)
     if finished is not None:
         try:
             load_weights(model, load_checkpoint(last_path), last_path)
             best.score, best.epoch = finished["best_score"], finished["best_epoch"]
             return finished
         except UserError as error:  # the final weights are lost; training the phase again makes them anew
-            run.note(True, f"{error} The finished phase {phase} is trained again to rebuild them.")
+            run.note(f"{error} The finished phase {phase} is trained again to rebuild them.")
             run.mark_done(phase, None)
 
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, epochs * steps), eta_min=lr_min)
@@ -278,7 +238,10 @@ def fit(model: nn.Module, phase: str, iteration: int, batches: Callable[[torch.G
         load_weights(model, state, last_path)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        _restore_rng(state["rng"], generator)
+        generator.set_state(state["rng"]["generator"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         start_epoch, seconds, loss = state["epoch"], state["seconds"], state["loss"]
         best.score, best.epoch = state["best_score"], state["best_epoch"]
         if mean_teacher is not None:
@@ -297,7 +260,8 @@ def fit(model: nn.Module, phase: str, iteration: int, batches: Callable[[torch.G
         began = time.perf_counter()
         loss = train_one_epoch(train_model, batches(generator), steps, optimizer, scheduler, loss_fn, rt,
                                desc=f"epoch {epoch}", after_step=mean_teacher.update if mean_teacher else None)
-        if not math.isfinite(loss) or not finite(model):
+        weights = [t for t in model.state_dict().values() if t.is_floating_point()]  # BatchNorm statistics too
+        if not math.isfinite(loss) or not torch.stack([t.isfinite().all() for t in weights]).all():
             raise _diverged(phase, epoch, f"its loss became {loss}" if not math.isfinite(loss) else
                             "its weights became NaN or infinite", last_path)
         seconds += time.perf_counter() - began
@@ -326,9 +290,12 @@ def fit(model: nn.Module, phase: str, iteration: int, batches: Callable[[torch.G
         run.log(**entry)
         if rt.is_main and (evaluated or time.monotonic() - last_saved >= RESUME_SAVE_EVERY_S):
             last_saved = time.monotonic()
+            rng = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+            if torch.cuda.is_available():
+                rng["cuda"] = torch.cuda.get_rng_state_all()
             save_checkpoint(last_path, phase=phase, iteration=iteration, epoch=epoch,
                             state_dict=model.state_dict(), optimizer=optimizer.state_dict(),
-                            scheduler=scheduler.state_dict(), rng=_rng_state(generator), loss=loss,
+                            scheduler=scheduler.state_dict(), rng=rng, loss=loss,
                             seconds=seconds, best_score=best.score, best_epoch=best.epoch, config=dict(run.config),
                             run_id=run.id, **companions())
         rt.barrier()

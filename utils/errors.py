@@ -1,8 +1,5 @@
-"""The one exception type for problems the user can fix (bad data, bad constants, bad files).
-
-Entry scripts catch it and print its message without a traceback: the message itself names
-the file or constant and says what to do.
-"""
+"""Problems the user can fix: entry scripts print the message (which names the file or constant and says
+what to do) without a traceback."""
 
 
 class UserError(Exception):

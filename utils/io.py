@@ -1,8 +1,7 @@
 """Atomic file writing, and folders held by one process: every file the project writes goes through here.
 
-A run can be killed at any moment (SIGKILL, a cluster's time limit). Writing to a temporary
-name in the same folder and renaming it over the target means a reader sees either the old
-file or the complete new one, never half of one.
+A run can be killed at any moment, so a file is written under a temporary name and renamed over the
+target: a reader sees either the old file or the complete new one, never half of one.
 """
 from __future__ import annotations
 
@@ -23,14 +22,10 @@ import numpy as np
 from PIL import Image
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 # mkstemp creates files readable by their owner only; give them the permissions open() would.
-FILE_MODE = 0o666 & ~_umask()
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
 
 
 @contextmanager
@@ -59,9 +54,7 @@ def remove_temporary_files(folder: Path) -> None:
 
 
 class FolderInUse(Exception):
-    def __init__(self, holder: str):
-        super().__init__(holder)
-        self.holder = holder
+    """Its message names the process that holds the folder."""
 
 
 _held: dict[Path, IO] = {}  # the lock files this process holds, open until it exits
@@ -89,9 +82,17 @@ def lock_folder(folder: Path, holder: str) -> None:
     _held[folder] = lock
 
 
+def read_json(path: Path) -> Any | None:
+    """The JSON of `path`; None when it is missing or cannot be read (a damaged file is rebuilt, not trusted)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_open(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
+        json.dump(obj, f, indent=2)
         f.write("\n")
 
 

@@ -1,12 +1,10 @@
-"""Every score in the project comes from one confusion matrix.
-
-Segmentation (IoU, recall, precision, pixel accuracy) and classification (accuracy) are both
-read off a `ConfusionMatrix`, filled with one `bincount` on the device the predictions live on,
-so no metric is computed two ways and none needs a per-pixel Python loop.
+"""Every score in the project, segmentation's and classification's, is read off one confusion matrix,
+filled with one `bincount` on the device the predictions live on: no metric is computed two ways.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Any, Sequence
 
 import torch
 
@@ -72,18 +70,19 @@ class ConfusionMatrix:
             "mean_recall": _nanmean(self.recall()),
             "mean_precision": _nanmean(self.precision()),
             "pixel_acc": self.pixel_accuracy(),
-            "per_class_iou": {name: _plain(v) for name, v in zip(class_names, self.iou().tolist())},
+            "per_class_iou": {name: None if math.isnan(v) else round(v, 4)
+                              for name, v in zip(class_names, self.iou().tolist())},
         }
 
     def table(self, class_names: Sequence[str]) -> str:
         """An aligned table: one row per class, then the means."""
         width = max(len(name) for name in (*class_names, "pixel accuracy"))
         rows = [f"{'class':<{width}}  {'IoU':>6}  {'recall':>6}  {'prec.':>6}"]
-        for name, iou, rec, prec in zip(class_names, self.iou(), self.recall(), self.precision()):
-            rows.append(f"{name:<{width}}  {_fmt(iou)}  {_fmt(rec)}  {_fmt(prec)}")
-        rows.append(f"{'mean':<{width}}  {_fmt(self.miou())}  {_fmt(_nanmean(self.recall()))}  "
-                    f"{_fmt(_nanmean(self.precision()))}")
-        rows.append(f"{'pixel accuracy':<{width}}  {_fmt(self.pixel_accuracy())}")
+        for name, *values in zip(class_names, self.iou().tolist(), self.recall().tolist(), self.precision().tolist()):
+            rows.append(f"{name:<{width}}" + "".join(f"  {format_number(v):>6}" for v in values))
+        means = (self.miou(), _nanmean(self.recall()), _nanmean(self.precision()))
+        rows.append(f"{'mean':<{width}}" + "".join(f"  {format_number(v):>6}" for v in means))
+        rows.append(f"{'pixel accuracy':<{width}}  {format_number(self.pixel_accuracy()):>6}")
         return "\n".join(rows)
 
 
@@ -92,10 +91,8 @@ def _nanmean(values: torch.Tensor) -> float:
     return float(valid.mean()) if valid.numel() else float("nan")
 
 
-def _plain(value: float) -> float | None:
-    return None if value != value else round(value, 4)
-
-
-def _fmt(value: float) -> str:
-    value = float(value)
-    return f"{'-':>6}" if value != value else f"{value:6.2f}"
+def format_number(value: Any) -> str:
+    """Two decimals for a float; '-' for a missing number (None or NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)

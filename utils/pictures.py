@@ -1,13 +1,8 @@
-"""Pictures of what a model sees: predictions next to the truth, pseudo-labels next to their confidence.
+"""Pictures of what a model sees: numbers say how good a model is, pictures say how it fails (thin
+poles lost, sidewalk taken for road, a whole frame below the confidence threshold).
 
-Numbers say how good a model is; pictures say how it fails (thin poles lost, sidewalk taken for
-road, a whole frame below the confidence threshold). Each picture is one PNG of panels side by
-side at the image's size, in the CamVid colours, cheap enough to write after every iteration.
-
-Prediction: image | ground truth | prediction | errors (red: wrong, grey: Void, black: right).
-Pseudo-label: image | pseudo-label | teacher confidence (white = sure; black without confidence).
-Each panel has its title above it, and the classes' colours are named below. `classes` lists
-(name, RGB colour) of every class, then Void's.
+Each picture is one PNG of titled panels side by side, above the names of the classes in their colours.
+`classes` lists (name, RGB colour) of every class, then Void's.
 """
 from __future__ import annotations
 
@@ -51,14 +46,6 @@ def error_map(prediction: np.ndarray, truth: np.ndarray, num_classes: int) -> np
     return picture
 
 
-def confidence_map(confidence: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
-    """(H,W,3) grayscale of a confidence in [0, 1]; black when there is none."""
-    if confidence is None:
-        return np.zeros((*shape, 3), dtype=np.uint8)
-    gray = np.clip(np.rint(np.asarray(confidence, dtype=np.float32) * 255), 0, 255).astype(np.uint8)
-    return np.repeat(gray[..., None], 3, axis=2)
-
-
 def sheet(panels: list[np.ndarray], titles: list[str], classes: Classes) -> np.ndarray:
     """The panels side by side on white, each under its title, above the names of the classes in their colours."""
     height, width = panels[0].shape[:2]
@@ -89,20 +76,14 @@ def _check_sizes(images: torch.Tensor, masks: torch.Tensor, names: Sequence[str]
                          f"{tuple(images.shape)}: give one (H,W) mask and one name per image, at the images' size.")
 
 
-def _predict(model: nn.Module, images: torch.Tensor, rt: Runtime, batch_size: int) -> np.ndarray:
-    """Class indices (N,H,W), leaving the model in the mode (train or eval) it came in."""
-    training = model.training
-    predictions = [predict_probs(model, images[i : i + batch_size], rt).argmax(1).cpu()
-                   for i in range(0, len(images), batch_size)]
-    model.train(training)
-    return torch.cat(predictions).numpy()
-
-
 def prediction_pictures(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, names: Sequence[str],
-                        folder: Path, rt: Runtime, classes: Classes, batch_size: int = 8) -> list[Path]:
-    """Writes `folder/<name>.png` per image: image | ground truth | prediction | errors."""
+                        folder: Path, rt: Runtime, classes: Classes) -> list[Path]:
+    """Writes `folder/<name>.png` per image: image | ground truth | prediction | errors (red: wrong, grey: Void).
+    The model is left in the mode (train or eval) it came in."""
     _check_sizes(images, labels, names, "labels")
-    predictions = _predict(model, images, rt, batch_size)
+    training = model.training
+    predictions = torch.cat([predict_probs(model, batch, rt).argmax(1).cpu() for batch in images.split(8)]).numpy()
+    model.train(training)
     truths = labels.detach().cpu().numpy().astype(np.int64)
     palette = [colour for _, colour in classes]
     paths = []
@@ -116,16 +97,18 @@ def prediction_pictures(model: nn.Module, images: torch.Tensor, labels: torch.Te
 
 def pseudo_label_pictures(images: torch.Tensor, pseudo_labels: torch.Tensor, confidence: torch.Tensor | None,
                           names: Sequence[str], folder: Path, classes: Classes) -> list[Path]:
-    """Writes `folder/<name>.png` per image: image | pseudo-label | teacher confidence."""
+    """Writes `folder/<name>.png` per image: image | pseudo-label | teacher confidence (white: sure; black
+    without confidence)."""
     _check_sizes(images, pseudo_labels, names, "pseudo-labels")
-    if confidence is not None:
-        _check_sizes(images, confidence, names, "confidence")
+    if confidence is None:
+        confidence = torch.zeros(pseudo_labels.shape)
+    _check_sizes(images, confidence, names, "confidence")
     labels = pseudo_labels.detach().cpu().numpy().astype(np.int64)
-    confidences = [None] * len(labels) if confidence is None else confidence.detach().cpu().float().numpy()
+    grays = np.clip(np.rint(confidence.detach().cpu().float().numpy() * 255), 0, 255).astype(np.uint8)
     paths = []
     palette = [colour for _, colour in classes]
-    for rgb, label, sure, name in zip(_rgb(images), labels, confidences, names):
-        panels = [rgb, colourise(label, palette), confidence_map(sure, label.shape)]
+    for rgb, label, gray, name in zip(_rgb(images), labels, grays, names):
+        panels = [rgb, colourise(label, palette), np.repeat(gray[..., None], 3, axis=2)]
         paths.append(Path(folder) / f"{name}.png")
         write_png(paths[-1], sheet(panels, ["frame", "pseudo-label", "confidence (white: sure)"], classes))
     return paths

@@ -1,13 +1,10 @@
 """Pseudo-labels: which predictions to keep, the files they are written to, soft targets and the
 mean teacher.
 
-Segmentation pseudo-labels are class-index PNGs, one per unlabeled frame. The teacher predicts in
-batches (optionally averaged over flips and scales), the prediction is resized to the frame's size
-on disk, pixels below the confidence threshold become Void, and PNGs are encoded by a thread pool
-while the next batch is predicted. With an image share, only the frames the teacher is most
-reliable on go to the student (ST++). Files are written atomically, so after a kill the folder
-holds only whole files and a re-run writes just the missing ones; a manifest names the teacher and
-options that made the folder, and a folder made by another is cleared rather than mixed.
+Segmentation pseudo-labels are class-index PNGs, one per unlabeled frame, at the frame's size on
+disk. Files are written atomically, so after a kill a re-run writes just the missing ones; a
+manifest names the teacher and options that made the folder, and a folder made by another is
+cleared rather than mixed.
 """
 from __future__ import annotations
 
@@ -26,7 +23,7 @@ from tqdm import tqdm
 from utils.dist import Runtime
 from utils.engine import predict_probs
 from utils.errors import UserError
-from utils.io import write_json, write_png
+from utils.io import read_json, remove_temporary_files, write_json, write_png
 from utils.metrics import ConfusionMatrix
 
 MANIFEST = "pseudo.json"
@@ -36,10 +33,9 @@ RELIABILITY = "reliability.json"
 def image_reliability(confidence: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Per image of a (N, H, W) batch, the mean over its predicted classes of their mean confidence.
 
-    ST++ (Yang et al., CVPR 2022) keeps whole images the teacher is reliable on instead of
-    thresholding pixels, which leaves thin classes in the pseudo-labels. Each predicted class counts
-    once, so an image is not called reliable for being mostly sky and road while its few
-    pedestrians are guesses.
+    ST++ (Yang et al., CVPR 2022) keeps the images the teacher is reliable on instead of thresholding
+    pixels, which drops thin classes. Each class counts once, so an image of mostly sky and road is not
+    called reliable while its few pedestrians are guesses.
     """
     count = labels.shape[0]
     flat = labels.reshape(count, -1).long()
@@ -73,45 +69,51 @@ def _is_complete(path: Path, size: tuple[int, int]) -> bool:
         return False
 
 
-def _prepare(folder: Path, identity: dict[str, Any], rt: Runtime) -> None:
-    """Clears the folder if another teacher or other options made it, then records ours.
-
-    Temporary files that a killed run left behind (`.NAME.png.*.tmp`) are removed in any case.
-    """
-    manifest = folder / MANIFEST
-    if rt.is_main:
-        try:
-            same = manifest.is_file() and json.loads(manifest.read_text()) == identity
-        except (OSError, json.JSONDecodeError):
-            same = False
-        folder.mkdir(parents=True, exist_ok=True)
-        for stale in folder.glob(".*.tmp"):
-            stale.unlink(missing_ok=True)
-        if not same:
-            for stale in folder.glob("*.png"):
-                stale.unlink()
-            (folder / RELIABILITY).unlink(missing_ok=True)
-            write_json(manifest, identity)
-    rt.barrier()
-
-
 def label_frames(model: nn.Module, images: torch.Tensor, names: list[str], source_size: tuple[int, int],
                  folder: Path, identity: dict[str, Any], rt: Runtime, ignore_index: int, num_classes: int,
                  batch_size: int, threshold: float = 0.0, scales: Sequence[float] = (1.0,), flip: bool = False,
                  image_share: float = 1.0) -> list[str]:
     """Writes `folder/<name>.png`, at `source_size` (width, height), for every frame not already there;
-    each process takes its share.
-
-    Returns the names of the frames the student learns from: all of them, or with `image_share` < 1
-    that share of the frames, those with the highest `image_reliability` (scores kept in
-    `folder/reliability.json`, from a first pass over all frames).
+    each process takes its share. A folder that another teacher or other options (`identity`) made is cleared.
+    Returns the frames the student learns from: all, or with `image_share` < 1 that share with the highest
+    `image_reliability` (kept in `folder/reliability.json` from a first pass over all frames).
     """
     # The folder belongs to these very frames, not only to this many: another split or frame folder with
     # the same count must not reuse its files or the reliability scores, which are keyed by name.
     identity = {**identity, "frame_names_crc32": zlib.crc32("\n".join(names).encode())}
     try:
-        _write_labels(model, images, names, source_size, folder, identity, rt, ignore_index, num_classes,
-                      batch_size, threshold, scales, flip, image_share)
+        if rt.is_main:
+            same = read_json(folder / MANIFEST) == identity
+            folder.mkdir(parents=True, exist_ok=True)
+            remove_temporary_files(folder)  # those a killed run left behind
+            if not same:
+                for stale in folder.glob("*.png"):
+                    stale.unlink()
+                (folder / RELIABILITY).unlink(missing_ok=True)
+                write_json(folder / MANIFEST, identity)
+        rt.barrier()
+        if image_share < 1 and rt.broadcast(not (folder / RELIABILITY).is_file() if rt.is_main else None):
+            reliability = torch.zeros(len(names), device=rt.device)
+            for index, confidence, labels in _predictions(model, images, list(range(rt.rank, len(names), rt.world)),
+                                                          source_size, rt, batch_size, scales, flip, "reliability"):
+                reliability[index] = image_reliability(confidence, labels, num_classes).to(rt.device)
+            if rt.distributed:
+                torch.distributed.all_reduce(reliability)
+            if rt.is_main:
+                write_json(folder / RELIABILITY, {"reliability": dict(zip(names, reliability.tolist()))})
+        # Rank 0 lists what is missing for everyone: a rank listing later would see rank 0's new files.
+        paths = [folder / f"{name}.png" for name in names]
+        todo = rt.broadcast([i for i, path in enumerate(paths) if not _is_complete(path, source_size)]
+                            if rt.is_main else None)
+        with ThreadPoolExecutor(max_workers=4) as writer:
+            pending = []
+            for index, confidence, labels in _predictions(model, images, todo[rt.rank :: rt.world], source_size, rt,
+                                                          batch_size, scales, flip, f"pseudo-labels → {folder.name}"):
+                labels[confidence < threshold] = ignore_index
+                labels = labels.to(torch.uint8).cpu().numpy()
+                pending += [writer.submit(write_png, paths[i], labels[k]) for k, i in enumerate(index)]
+            for job in pending:
+                job.result()
     except OSError as error:
         raise UserError(f"Cannot write pseudo-labels into {folder} ({error.strerror or error}). Choose a writable "
                         "place with --pseudo_root=PATH (or free some disk space) and re-run to resume.") from error
@@ -137,35 +139,6 @@ def _predictions(model: nn.Module, images: torch.Tensor, indices: list[int], sou
         yield index, confidence, labels
 
 
-def _write_labels(model: nn.Module, images: torch.Tensor, names: list[str], source_size: tuple[int, int],
-                  folder: Path, identity: dict[str, Any], rt: Runtime, ignore_index: int, num_classes: int,
-                  batch_size: int, threshold: float, scales: Sequence[float], flip: bool, image_share: float) -> None:
-    _prepare(folder, identity, rt)
-    if image_share < 1 and rt.broadcast(not (folder / RELIABILITY).is_file() if rt.is_main else None):
-        reliability = torch.zeros(len(names), device=rt.device)
-        for index, confidence, labels in _predictions(model, images, list(range(rt.rank, len(names), rt.world)),
-                                                      source_size, rt, batch_size, scales, flip, "reliability"):
-            reliability[index] = image_reliability(confidence, labels, num_classes).to(rt.device)
-        if rt.distributed:
-            torch.distributed.all_reduce(reliability)
-        if rt.is_main:
-            write_json(folder / RELIABILITY, {"reliability": dict(zip(names, reliability.tolist()))})
-    # Rank 0 lists what is missing for everyone: a rank listing later would see rank 0's new files.
-    todo = rt.broadcast([i for i, name in enumerate(names) if not _is_complete(folder / f"{name}.png", source_size)]
-                        if rt.is_main else None)
-    if not todo:
-        return
-    with ThreadPoolExecutor(max_workers=4) as writer:
-        pending = []
-        for index, confidence, labels in _predictions(model, images, todo[rt.rank :: rt.world], source_size, rt,
-                                                      batch_size, scales, flip, f"pseudo-labels → {folder.name}"):
-            labels[confidence < threshold] = ignore_index
-            labels = labels.to(torch.uint8).cpu().numpy()
-            pending += [writer.submit(write_png, folder / f"{names[i]}.png", labels[k]) for k, i in enumerate(index)]
-        for job in pending:
-            job.result()
-
-
 def pseudo_quality(pseudo: torch.Tensor, truth: torch.Tensor | None, num_classes: int,
                    ignore_index: int) -> dict[str, Any]:
     """How good the pseudo-labels are where ground truth exists (the split protocol), and how much is ignored."""
@@ -180,12 +153,9 @@ def pseudo_quality(pseudo: torch.Tensor, truth: torch.Tensor | None, num_classes
 
 def soft_targets(labels: torch.Tensor, num_classes: int, ignore_index: int, rt: Runtime,
                  teacher: nn.Module | None = None, images: torch.Tensor | None = None) -> torch.Tensor:
-    """Class distributions (B,C,...) for PSEUDO_SOFT, all zero where `labels` is ignore.
-
-    With a `teacher`, its softmax on these very `images` (the augmented pseudo-labeled crops, before
-    any strong augmentation): the student then learns how sure the teacher is, not only its argmax,
-    as Noisy Student's soft pseudo-labels. Without one, `labels` one-hot, so that labeled crops can
-    share a batch with them.
+    """Class distributions (B,C,...) for PSEUDO_SOFT, all zero where `labels` is ignore: with a `teacher`,
+    its softmax on these very `images` (the crops before any strong augmentation), so the student learns how
+    sure the teacher is (Noisy Student); without one, `labels` one-hot, for labeled crops in the same batch.
     """
     keep = (labels != ignore_index).unsqueeze(1)
     if teacher is None:
@@ -196,13 +166,10 @@ def soft_targets(labels: torch.Tensor, num_classes: int, ignore_index: int, rt: 
 
 
 class MeanTeacher:
-    """The teacher of PSEUDO_EMA: after every optimizer step its weights move towards the student's,
-    `weights = momentum * weights + (1 - momentum) * student` (Mean Teacher), so the targets it gives
-    improve with the student instead of repeating the first teacher's mistakes.
-
-    Averaging weights only makes sense between models that share their starting point: the student
-    must start from this teacher (STUDENT_INIT="teacher"). BatchNorm statistics are averaged alike.
-    The tensors are paired once: loading a checkpoint or stepping copies into them in place.
+    """The teacher of PSEUDO_EMA: after every optimizer step its weights and BatchNorm statistics move
+    towards the student's (Mean Teacher), so its targets improve with the student instead of repeating
+    the first teacher's mistakes. Averaging needs a shared start: the student starts from this teacher
+    (STUDENT_INIT="teacher"). The tensors are paired once; loading or stepping copies into them in place.
     """
 
     def __init__(self, model: nn.Module, student: nn.Module, momentum: float):

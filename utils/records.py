@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 import os
 import socket
 import subprocess
@@ -29,7 +28,9 @@ from utils.checkpoint import load_checkpoint
 from utils.config import Config, configure, constants_of
 from utils.dist import Runtime, setup
 from utils.errors import UserError
-from utils.io import FolderInUse, append_jsonl, lock_folder, remove_temporary_files, write_json, write_text
+from utils.io import (FolderInUse, append_jsonl, lock_folder, read_json, remove_temporary_files, write_json,
+                      write_text)
+from utils.metrics import format_number
 
 # Settings that may change between a run and its resumption without changing the experiment.
 # PSEUDO_ROOT is only where pseudo-labels are cached (they are remade there), so a run that could
@@ -48,28 +49,14 @@ def code_version() -> str:
         return "unknown"
 
 
-def experiment(config: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in NOT_PART_OF_EXPERIMENT}
-
-
 def differing_settings(saved: Mapping[str, Any], config: Mapping[str, Any],
                        defaults: Mapping[str, Any] | None = None) -> list[str]:
-    """The experiment settings in which a saved run and this config differ.
-
-    A setting the saved run does not name was added to the code after it started; a new constant
-    defaults to the behaviour before it, so the run resumes if the setting still has its default.
-    """
-    saved, config, defaults = experiment(saved), experiment(config), defaults or {}
-    return sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k)
+    """The experiment settings in which a saved run and this config differ. A setting the saved run does not
+    name was added to the code since, defaulting to the old behaviour: it counts only if it left its default."""
+    defaults = defaults or {}
+    names = (set(saved) | set(config)) - set(NOT_PART_OF_EXPERIMENT)
+    return sorted(k for k in names if saved.get(k) != config.get(k)
                   and not (k not in saved and k in defaults and config.get(k) == defaults[k]))
-
-
-def _read_json(path: Path) -> Any | None:
-    """The JSON of `path`; None when it is missing or cannot be read (a damaged file is rebuilt, not trusted)."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def _checkpoints(folder: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -84,54 +71,37 @@ def _checkpoints(folder: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 def saved_config(folder: Path) -> dict[str, Any] | None:
     """The config a run directory was started with: config.json, or if that was damaged the config its
     checkpoints keep; None when neither tells (then nothing was trained there)."""
-    config = _read_json(folder / "config.json")
+    config = read_json(folder / "config.json")
     if isinstance(config, dict):
         return config
     return next((checkpoint["config"] for _, checkpoint in _checkpoints(folder) if "config" in checkpoint), None)
 
 
-def find_unfinished(base: Path, name: str, config: Mapping[str, Any],
-                    defaults: Mapping[str, Any] | None = None) -> Path | None:
-    """The newest run under `base` with this experiment's config that has not done what this config asks.
-    A run whose summary.json cannot be read counts as unfinished: resuming it rebuilds the summary."""
-    for folder in sorted(base.glob(f"*_{name}"), reverse=True):
+def choose_run_dir(config: Mapping[str, Any], name: str, base: str = "runs",
+                   defaults: Mapping[str, Any] | None = None) -> Path:
+    """RUN_DIR if given; else with RESUME the newest run under `base` of this experiment that has not done the
+    iterations this config asks for (an unreadable summary.json counts as not done: resuming rebuilds it);
+    else a new folder."""
+    if config["run_dir"]:
+        return Path(config["run_dir"])
+    earlier = sorted(Path(base).glob(f"*_{name}"), reverse=True) if config["resume"] else []
+    for folder in earlier:
         saved = saved_config(folder)
         if saved is None or differing_settings(saved, config, defaults):
             continue
-        summary = _read_json(folder / "summary.json")
-        if not (isinstance(summary, dict) and reached(summary, config)):
+        summary = read_json(folder / "summary.json")
+        if not (isinstance(summary, dict) and summary.get("finished")
+                and len(summary.get("iterations", [])) >= config.get("no_iter", 0)):
             return folder
-    return None
-
-
-def reached(summary: Mapping[str, Any], config: Mapping[str, Any]) -> bool:
-    """Whether a run has finished with at least the iterations this config asks for."""
-    return bool(summary.get("finished")) and len(summary.get("iterations", [])) >= config.get("no_iter", 0)
-
-
-def choose_run_dir(config: Mapping[str, Any], name: str, base: str = "runs",
-                   defaults: Mapping[str, Any] | None = None) -> Path:
-    """RUN_DIR if given; else the unfinished run of the same config (when RESUME); else a new folder."""
-    if config["run_dir"]:
-        return Path(config["run_dir"])
-    if config["resume"]:
-        found = find_unfinished(Path(base), name, config, defaults)
-        if found is not None:
-            return found
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path(base) / f"{stamp}_{name}"
-
-
-class Interrupted(UserError):
-    pass
 
 
 class Run:
     """One run directory. Only the main process writes, and holds the run's folders (RUN_DIR, SAVE_DIR,
     and those the script adds with `hold`) so that no other process writes there at the same time.
-
-    Whatever state can be rebuilt is: progress.json from the finished phases' checkpoints, summary.json
-    by testing the finished models again, a damaged config.json from the config the checkpoints keep.
+    Lost state is rebuilt: progress.json from the finished phases' checkpoints, summary.json by testing
+    the finished models again, a damaged config.json from the config the checkpoints keep.
     """
 
     def __init__(self, folder: Path, config: Mapping[str, Any], writer: bool = True,
@@ -139,26 +109,33 @@ class Run:
         self.folder = folder
         self.writer = writer
         self.config = dict(config)
+        self.progress_path = folder / "progress.json"
+        self.summary_path = folder / "summary.json"
         self.position = "before the first epoch"  # where a Ctrl-C stops the run
         if writer:
             self.hold(folder, "RUN_DIR", "this run is going on there already: wait for it, or give another --run_dir")
         saved = saved_config(folder) if config["resume"] else None
-        if saved is not None:
-            self._check_same_config(saved, defaults)
+        differing = differing_settings(saved, self.config, defaults) if saved is not None else []
+        if differing:
+            details = ", ".join(f"{k}: {saved.get(k)!r} there, {self.config.get(k)!r} now" for k in differing[:6])
+            raise UserError(f"{folder} holds a run with another config ({details}). Use another --run_dir, "
+                            "or --resume=False to start that run over.")
         if writer:
             self._prepare_folder()
-        progress = _read_json(self.progress_path)
+        progress = read_json(self.progress_path)
         checkpoints = None
         if not (isinstance(progress, dict) and isinstance(progress.get("phases"), dict)):
             checkpoints = dict(_checkpoints(folder))
             progress = {"phases": {phase: c["result"] for phase, c in checkpoints.items() if "result" in c}}
-            self.note(progress["phases"], f"{self.progress_path} was missing or damaged: rebuilt from the finished "
-                                          f"phases' checkpoints ({', '.join(progress['phases'])})")
+            if progress["phases"]:
+                self.note(f"{self.progress_path} was missing or damaged: rebuilt from the finished phases' "
+                          f"checkpoints ({', '.join(progress['phases'])})")
         self.progress: dict[str, Any] = progress["phases"]
-        earlier = _read_json(self.summary_path)
+        earlier = read_json(self.summary_path)
         if not isinstance(earlier, dict):
-            self.note(self.progress, f"{self.summary_path} was missing or damaged: the finished models are tested "
-                                     "again to rebuild it")
+            if self.progress:
+                self.note(f"{self.summary_path} was missing or damaged: the finished models are tested again to "
+                          "rebuild it")
             earlier = {}
         fresh = {"teacher": {}, "iterations": [], "finished": False}
         self.summary: dict[str, Any] = earlier if self.progress and "teacher" in earlier else fresh
@@ -180,17 +157,9 @@ class Run:
                 self._save_progress()
         self._clock: tuple[str, float, float] | None = None
 
-    @property
-    def progress_path(self) -> Path:
-        return self.folder / "progress.json"
-
-    @property
-    def summary_path(self) -> Path:
-        return self.folder / "summary.json"
-
-    def note(self, when: Any, text: str) -> None:
-        """A line for the user about state that was rebuilt; `when` falsy means there was nothing to rebuild."""
-        if when and self.writer:
+    def note(self, text: str) -> None:
+        """A line for the user about state that was rebuilt."""
+        if self.writer:
             tqdm.write(f"note: {text}")
 
     def hold(self, folder: Path, constant: str, advice: str) -> None:
@@ -200,17 +169,10 @@ class Run:
         try:
             lock_folder(Path(folder), holder)
         except FolderInUse as error:
-            raise UserError(f"{constant}={folder} is in use by {error.holder}: {advice}.") from None
+            raise UserError(f"{constant}={folder} is in use by {error}: {advice}.") from None
         except OSError as error:
             raise UserError(f"Cannot write into {constant}={folder} ({error.strerror or error}). Choose a writable "
                             f"place with --{constant.lower()}=PATH.") from error
-
-    def _check_same_config(self, saved: Mapping[str, Any], defaults: Mapping[str, Any] | None) -> None:
-        differing = differing_settings(saved, self.config, defaults)
-        if differing:
-            details = ", ".join(f"{k}: {saved.get(k)!r} there, {self.config.get(k)!r} now" for k in differing[:6])
-            raise UserError(f"{self.folder} holds a run with another config ({details}). Use another --run_dir, "
-                            "or --resume=False to start that run over.")
 
     def _prepare_folder(self) -> None:
         save_dir = self.config.get("save_dir")
@@ -232,15 +194,12 @@ class Run:
             raise UserError(f"Cannot write the run directory {self.folder} ({error.strerror}). "
                             "Choose a writable place with --run_dir=PATH.") from error
 
-    def _write(self, path: Path, write: Callable[[], None]) -> None:
+    def _write(self, write: Callable[[Path, Any], None], path: Path, content: Any) -> None:
         try:
-            write()
+            write(path, content)
         except OSError as error:
             raise UserError(f"Cannot write {path} ({error.strerror or error}). Free some disk space and run the "
                             "same command again: it resumes where the run stopped.") from error
-
-    def done(self, phase: str) -> dict[str, Any] | None:
-        return self.progress.get(phase)
 
     def mark_done(self, phase: str, result: Mapping[str, Any] | None) -> None:
         """Records a phase as finished with its `result`, or with None as to be trained again."""
@@ -252,14 +211,12 @@ class Run:
             self._save_progress()
 
     def _save_progress(self) -> None:
-        self._write(self.progress_path, lambda: write_json(self.progress_path, {"run_id": self.id,
-                                                                                "phases": self.progress}))
+        self._write(write_json, self.progress_path, {"run_id": self.id, "phases": self.progress})
 
     def log(self, **entry: Any) -> None:
         self.position = f"{entry['phase']}, after epoch {entry['epoch']}"
         if self.writer:
-            path = self.folder / "metrics.jsonl"
-            self._write(path, lambda: append_jsonl(path, entry))
+            self._write(append_jsonl, self.folder / "metrics.jsonl", entry)
         if self._clock is not None:
             self._record_time()
             self.save_summary()
@@ -270,32 +227,27 @@ class Run:
         if not self.writer or not path.is_file():
             return
         lines = path.read_text().splitlines(keepends=True)
-
-        def later(line: str) -> bool:
+        kept = []
+        for line in lines:
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:
-                return True  # a line cut short by a kill or a full disk
-            return entry.get("phase") == phase and entry.get("epoch", 0) > epoch
-
-        kept = [line for line in lines if not later(line)]
+                continue  # a line cut short by a kill or a full disk
+            if entry.get("phase") != phase or entry.get("epoch", 0) <= epoch:
+                kept.append(line)
         if len(kept) < len(lines):
-            self._write(path, lambda: write_text(path, "".join(kept)))
+            self._write(write_text, path, "".join(kept))
 
     @contextmanager
     def timed(self, key: str) -> Iterator[None]:
         """Adds the wall time of the block to `timings_s[key]`, and turns Ctrl-C in it into one line.
-
-        The figure on disk is brought up to date at every `log` line as well, so a run killed in the
-        block and resumed counts the time spent before the kill (up to its last logged epoch): the
-        timings are what the run cost, over every process that worked on it.
-        """
+        Every `log` line updates the figure on disk too, so a killed and resumed run counts what it spent."""
         self._clock = (key, self.summary["timings_s"].get(key, 0.0), time.perf_counter())
         try:
             yield
         except KeyboardInterrupt:
-            raise Interrupted(f"Stopped by Ctrl-C in {key} ({self.position}). The same command resumes the run "
-                              f"{self.folder} from its last checkpoint.") from None
+            raise UserError(f"Stopped by Ctrl-C in {key} ({self.position}). The same command resumes the run "
+                            f"{self.folder} from its last checkpoint.") from None
         finally:
             self._record_time()
             self._clock = None
@@ -307,22 +259,17 @@ class Run:
 
     def save_summary(self) -> None:
         if self.writer:
-            self._write(self.summary_path, lambda: write_json(self.summary_path, self.summary))
+            self._write(write_json, self.summary_path, self.summary)
 
     def check_own(self, checkpoint: Mapping[str, Any], path: Path) -> None:
-        """Refuses a best checkpoint of this run that another run has since overwritten in the shared SAVE_DIR.
-
-        Checkpoints written before runs had ids carry none and are taken as they are.
-        """
+        """Refuses a best checkpoint of this run that another run has since overwritten in the shared SAVE_DIR
+        (checkpoints written before runs had ids carry none and are taken as they are)."""
         written_by = checkpoint.get("run_id")
         if written_by is not None and written_by != self.id:
             raise UserError(f"{path} was written by another run (run id {written_by}; this run, {self.folder}, is "
                             f"{self.id}): a run with the same SAVE_DIR has replaced this run's model. Give runs "
                             "that overlap their own --save_dir; to train this run's models again, re-run with "
                             "--resume=False.")
-
-    def last_checkpoint(self, phase: str) -> Path:
-        return self.folder / f"last_{phase}.pth.tar"
 
     def finish(self, is_main: bool) -> None:
         self.summary["finished"] = True
@@ -357,13 +304,7 @@ def iteration_table(summary: Mapping[str, Any], score: str) -> str:
     header = f"{'model':<12} {'val ' + score:>9} {'test ' + score:>9} " + "".join(f"{k:>20}" for k in extra)
     lines = [header + f"{'promoted':>10}"]
     for name, e, promoted in rows:
-        values = "".join(f"{_fmt(e.get(k)):>20}" for k in extra)
-        lines.append(f"{name:<12} {_fmt(e.get('val_' + score)):>9} {_fmt(e.get('test_' + score)):>9} "
-                     f"{values}{promoted:>10}")
+        val, test = format_number(e.get("val_" + score)), format_number(e.get("test_" + score))
+        values = "".join(f"{format_number(e.get(k)):>20}" for k in extra)
+        lines.append(f"{name:<12} {val:>9} {test:>9} {values}{promoted:>10}")
     return "\n".join(lines)
-
-
-def _fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:.2f}" if isinstance(value, float) else str(value)
