@@ -1,9 +1,8 @@
-"""CIFAR-10 from the standard python pickle files, read by the project's own small reader.
+"""CIFAR-10 from the standard python pickle files.
 
-torchvision's CIFAR10 class verifies MD5 sums, so it would reject the synthetic stand-in that
-the tests and the demo generate in the same format; this reader loads both and checks what it
-reads, so a truncated or foreign file fails with its name instead of deep inside training.
-Images stay uint8: the model normalises them with MEAN and STD.
+torchvision's CIFAR10 class checks MD5 sums and so rejects the synthetic stand-in of data/synthetic.py; this
+reader loads both and checks what it reads, so a truncated or foreign file fails with its name. Images stay
+uint8: the model normalises them with MEAN and STD.
 """
 from __future__ import annotations
 
@@ -34,13 +33,6 @@ IMAGE_SHAPE = (3, 32, 32)
 ROW_LENGTH = 3 * 32 * 32
 
 
-class DataError(UserError):
-    """A data set is missing or malformed; the message says what to do about it.
-
-    A UserError, so the entry scripts print the message without a traceback.
-    """
-
-
 @dataclass(frozen=True)
 class CifarData:
     """The whole data set in memory: 60k uint8 images are only 180 MB."""
@@ -57,23 +49,31 @@ def load_cifar10(root: str | Path, download: bool = True) -> CifarData:
     root = Path(root)
     if _missing_files(root):
         if not download:
-            raise DataError(f"CIFAR-10 files are missing. {_placement_help(root)}")
-        _download(root)
+            raise UserError(f"CIFAR-10 files are missing. {_placement_help(root)}")
+        try:  # torchvision fetches and extracts the archive into exactly the folder read here
+            torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+        except Exception as error:  # offline, proxy, checksum or disk errors all need the same fix
+            raise UserError(f"Could not download CIFAR-10 ({error}). {_placement_help(root)}") from error
+        if _missing_files(root):
+            raise UserError(f"The CIFAR-10 download left files missing. {_placement_help(root)}")
     folder = root / CIFAR_FOLDER
     train = [_read_batch(folder / name) for name in TRAIN_FILES]
     test_images, test_labels = _read_batch(folder / TEST_FILE)
+    meta = folder / META_FILE
+    names = _unpickle(meta).get(b"label_names")
+    if not (isinstance(names, list) and len(names) == len(CIFAR_CLASSES)):
+        raise UserError(f"{meta}: b'label_names' must list 10 class names; {_refetch_help(meta)}")
     return CifarData(
         train_images=torch.from_numpy(np.concatenate([images for images, _ in train])),
         train_labels=torch.from_numpy(np.concatenate([labels for _, labels in train])),
         test_images=torch.from_numpy(test_images),
         test_labels=torch.from_numpy(test_labels),
-        class_names=_read_class_names(folder / META_FILE),
+        class_names=tuple(name.decode() if isinstance(name, bytes) else str(name) for name in names),
     )
 
 
-def split_labeled(
-    labels: torch.Tensor, fraction: float, balanced: bool, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def split_labeled(labels: torch.Tensor, fraction: float, balanced: bool,
+                  seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Choose which training images keep their labels; the rest become the unlabeled pool.
 
     Returns (labeled, unlabeled) sorted index tensors that together cover every image once.
@@ -87,28 +87,21 @@ def split_labeled(
     count = round(fraction * labels.numel())
     generator = torch.Generator().manual_seed(seed)
     if balanced:
-        labeled = _balanced_choice(labels, count, generator)
+        num_classes = int(labels.max()) + 1
+        per_class = count // num_classes
+        picks = []
+        for cls in range(num_classes):
+            members = (labels == cls).nonzero().flatten()
+            if members.numel() < per_class:
+                raise UserError(f"class {cls} has only {members.numel()} images but a balanced split needs "
+                                f"{per_class} per class; lower the fraction or use an unbalanced split")
+            picks.append(members[torch.randperm(members.numel(), generator=generator)[:per_class]])
+        labeled = torch.cat(picks)
     else:
         labeled = torch.randperm(labels.numel(), generator=generator)[:count]
     chosen = torch.zeros(labels.numel(), dtype=torch.bool)
     chosen[labeled] = True
     return chosen.nonzero().flatten(), (~chosen).nonzero().flatten()
-
-
-def _balanced_choice(labels: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
-    """Draw the same number of indices from every class 0..max(labels)."""
-    num_classes = int(labels.max()) + 1
-    per_class = count // num_classes
-    picks = []
-    for cls in range(num_classes):
-        members = (labels == cls).nonzero().flatten()
-        if members.numel() < per_class:
-            raise UserError(
-                f"class {cls} has only {members.numel()} images but a balanced split needs "
-                f"{per_class} per class; lower the fraction or use an unbalanced split"
-            )
-        picks.append(members[torch.randperm(members.numel(), generator=generator)[:per_class]])
-    return torch.cat(picks)
 
 
 def _missing_files(root: Path) -> list[Path]:
@@ -124,16 +117,6 @@ def _placement_help(root: Path) -> str:
         f"{folder}/{META_FILE}. Download {DOWNLOAD_URL} and extract it into {root} "
         f"(tar -xzf cifar-10-python.tar.gz -C {root})."
     )
-
-
-def _download(root: Path) -> None:
-    """Let torchvision fetch and extract the archive; it writes exactly the folder read here."""
-    try:
-        torchvision.datasets.CIFAR10(str(root), train=True, download=True)
-    except Exception as error:  # offline, proxy, checksum or disk errors all need the same fix
-        raise DataError(f"Could not download CIFAR-10 ({error}). {_placement_help(root)}") from error
-    if _missing_files(root):
-        raise DataError(f"The CIFAR-10 download left files missing. {_placement_help(root)}")
 
 
 class _CifarUnpickler(pickle.Unpickler):
@@ -162,12 +145,12 @@ def _unpickle(path: Path) -> dict[bytes, Any]:
     try:
         entry = read_pickle(path)
     except OSError as error:
-        raise DataError(f"{path} cannot be read ({error.strerror or error}); {_refetch_help(path)}") from error
+        raise UserError(f"{path} cannot be read ({error.strerror or error}); {_refetch_help(path)}") from error
     except Exception as error:  # a damaged pickle fails in many ways (overflow, memory, unknown opcodes)
-        raise DataError(f"{path} is not a CIFAR-10 pickle ({type(error).__name__}: {error}); "
+        raise UserError(f"{path} is not a CIFAR-10 pickle ({type(error).__name__}: {error}); "
                         f"{_refetch_help(path)}") from error
     if not isinstance(entry, dict):
-        raise DataError(f"{path} holds a {type(entry).__name__}, not a dict; {_refetch_help(path)}")
+        raise UserError(f"{path} holds a {type(entry).__name__}, not a dict; {_refetch_help(path)}")
     return entry
 
 
@@ -182,26 +165,14 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8
             and data.ndim == 2 and data.shape[1] == ROW_LENGTH):
         found = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise DataError(
-            f"{path}: b'data' must be a uint8 array of shape (N, {ROW_LENGTH}), found {found}; "
-            f"{_refetch_help(path)}"
-        )
-    return data.reshape(-1, *IMAGE_SHAPE), _checked_labels(path, entry.get(b"labels"), data.shape[0])
-
-
-def _checked_labels(path: Path, raw: Any, count: int) -> np.ndarray:
-    problem = DataError(f"{path}: b'labels' must list {count} integers in 0..9; {_refetch_help(path)}")
+        raise UserError(f"{path}: b'data' must be a uint8 array of shape (N, {ROW_LENGTH}), found {found}; "
+                        f"{_refetch_help(path)}")
+    count = data.shape[0]
+    problem = UserError(f"{path}: b'labels' must list {count} integers in 0..9; {_refetch_help(path)}")
     try:
-        labels = np.asarray(raw, dtype=np.int64)
+        labels = np.asarray(entry.get(b"labels"), dtype=np.int64)
     except (TypeError, ValueError) as error:
         raise problem from error
     if labels.shape != (count,) or (count and not 0 <= labels.min() <= labels.max() <= 9):
         raise problem
-    return labels
-
-
-def _read_class_names(path: Path) -> tuple[str, ...]:
-    names = _unpickle(path).get(b"label_names")
-    if not (isinstance(names, list) and len(names) == len(CIFAR_CLASSES)):
-        raise DataError(f"{path}: b'label_names' must list 10 class names; {_refetch_help(path)}")
-    return tuple(name.decode() if isinstance(name, bytes) else str(name) for name in names)
+    return data.reshape(-1, *IMAGE_SHAPE), labels

@@ -1,10 +1,7 @@
-"""Save every Nth frame of a CamVid video as PNG, the unlabeled pool for pseudo-labeling.
+"""Save every Nth frame of a CamVid video as PNG: the unlabeled pool that the teacher pseudo-labels.
 
-The labeled CamVid frames are a 1 Hz sample of a handful of 30 fps videos; the frames in
-between are free extra training images once the teacher network has labeled them. Frames are
-named `<sequence>_f<frame>.png` (frame = number in decoding order, from 0) so a pseudo label can
-be traced back to its place in the video. Sequences 0001TP and Seq05VD hold the test split:
-training on their frames would leak test images, hence the warning.
+Frames are named `<sequence>_f<frame>.png` (the frame's number in decoding order from 0, zero-padded so that
+names sort in frame order), so that a pseudo label can be traced back to its place in the video.
 
     python data/extract_frames.py 0006R0.MXF --every 30
 """
@@ -13,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from types import ModuleType
 
 from tqdm import tqdm
 
@@ -26,20 +22,6 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "camvid" / "unlabeled" / "train"
 TEST_SEQUENCES = ("0001TP", "05VD")  # the test split's sequences (0001TP, Seq05VD)
 
 
-def import_av() -> ModuleType:
-    """PyAV is needed only here, so it stays an optional dependency of the project."""
-    try:
-        import av
-    except ImportError:
-        raise SystemExit("extract_frames needs PyAV to decode video: pip install av") from None
-    return av
-
-
-def frame_name(sequence: str, frame: int) -> str:
-    """`0006R0_f00030.png`: zero-padded so that names sort in frame order."""
-    return f"{sequence}_f{frame:05d}.png"
-
-
 def leaks_test_frames(sequence: str) -> bool:
     """True for the sequences the test split was drawn from."""
     return any(tag in sequence.upper() for tag in TEST_SEQUENCES)
@@ -47,7 +29,10 @@ def leaks_test_frames(sequence: str) -> bool:
 
 def extract(video: Path, out: Path, every: int, max_frames: int | None = None) -> int:
     """Write frames 0, every, 2*every, ... of `video` into `out`; returns how many were saved."""
-    av = import_av()
+    try:
+        import av  # only this tool decodes video, so PyAV stays an optional dependency
+    except ImportError:
+        raise SystemExit("extract_frames needs PyAV to decode video: pip install av") from None
     if not video.is_file():
         raise SystemExit(f"extract_frames: {video} not found; give the path of a CamVid video.")
     try:
@@ -66,7 +51,7 @@ def extract(video: Path, out: Path, every: int, max_frames: int | None = None) -
             for number, frame in enumerate(frames):
                 if number % every:
                     continue
-                write_png(out / frame_name(video.stem, number), frame.to_ndarray(format="rgb24"))
+                write_png(out / f"{video.stem}_f{number:05d}.png", frame.to_ndarray(format="rgb24"))
                 saved += 1
                 if saved == max_frames:
                     break
@@ -80,20 +65,14 @@ def positive_int(text: str) -> int:
     return value
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("video", type=Path, help="CamVid video (.MXF, .avi, .mp4)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help="folder for the frames (default data/camvid/unlabeled/train)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the frames (default %(default)s)")
     parser.add_argument("--every", type=positive_int, default=30,
                         help="keep every Nth frame (default 30: one per second, like the labels)")
-    parser.add_argument("--max-frames", type=positive_int, default=None,
-                        help="stop after saving this many frames")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    parser.add_argument("--max-frames", type=positive_int, default=None, help="stop after saving this many frames")
+    args = parser.parse_args(argv)
     if leaks_test_frames(args.video.stem):
         print(f"warning: {args.video.stem} is a test-split sequence (0001TP, Seq05VD); training on "
               f"its frames leaks test images", file=sys.stderr)

@@ -1,23 +1,18 @@
-"""Turn CamVid's coloured label masks into single-channel class-index masks (thesis order).
+"""Turn CamVid's coloured label masks into single-channel class-index masks in the thesis order.
 
-CamVid ships its labels as RGB pictures in 32 colours, while the networks and the metrics read
-one class index per pixel in the 11-class grouping (plus Void). The conversion is a lookup
-table indexed by the packed 24-bit colour, built once, so a 960x720 mask takes milliseconds
-instead of the seconds of a per-pixel Python loop. Colours outside the palette become Void and
-are counted, because they mean a damaged or wrongly exported label file that the user should
-know about rather than silently train on.
+A lookup table over every 24-bit colour converts a 960x720 mask in milliseconds. Colours outside the palette
+become Void and are reported, as they mean a damaged or wrongly exported label file.
 
-Run once per subset, as in the thesis:
-    python data/mask_maker.py --src COLOUR_DIR --out INDEX_DIR [--eleven-only]
-or give several --src/--out pairs (in the same order) to convert all subsets in one call.
+    python data/mask_maker.py --src COLOUR_DIR --out INDEX_DIR [--src COLOUR_DIR --out INDEX_DIR ...] [--eleven-only]
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -30,10 +25,7 @@ from data.camvid import CLASS_NAMES, COLOURS, IGNORE_INDEX  # noqa: E402
 from utils.io import write_png  # noqa: E402
 from utils.pictures import colourise  # noqa: E402
 
-VOID = "Void"
-
-# CamVid's 32 original classes (label_colors.txt): name -> (RGB, class of the 11 it joins).
-# This is the standard SegNet grouping; the target names are those of data/camvid.py.
+# CamVid's 32 original classes (label_colors.txt): name -> (RGB, the class of the 11 it joins), as SegNet groups them.
 ORIGINAL_CLASSES: dict[str, tuple[tuple[int, int, int], str]] = {
     "Building": ((128, 0, 0), "Building"),
     "Bridge": ((0, 128, 64), "Building"),
@@ -66,16 +58,15 @@ ORIGINAL_CLASSES: dict[str, tuple[tuple[int, int, int], str]] = {
     "RoadShoulder": ((128, 128, 192), "Sidewalk"),
     "Bicyclist": ((0, 128, 192), "Bicyclist"),
     "MotorcycleScooter": ((192, 0, 192), "Bicyclist"),
-    "Void": ((0, 0, 0), VOID),
+    "Void": ((0, 0, 0), "Void"),
 }
 
-LABEL_SUFFIX = "_L"  # official CamVid label files are <image>_L.png
-_UNKNOWN = 255  # LUT value of colours outside the palette; never a class index
+_UNKNOWN = 255  # lookup value of colours outside the palette; never a class index
 
 
 def class_index(name: str) -> int:
     """Thesis index of one of the 11 classes, or Void's ignore index."""
-    return IGNORE_INDEX if name == VOID else CLASS_NAMES.index(name)
+    return IGNORE_INDEX if name == "Void" else CLASS_NAMES.index(name)
 
 
 def _pack(rgb: np.ndarray) -> np.ndarray:
@@ -84,18 +75,15 @@ def _pack(rgb: np.ndarray) -> np.ndarray:
     return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
 
 
-def _palette(eleven_only: bool) -> dict[tuple[int, int, int], int]:
-    """Colour -> index; the thesis's own converter knew only the 11 class colours and Void."""
-    if eleven_only:
-        return {colour: index for index, colour in enumerate(COLOURS)}
-    return {rgb: class_index(target) for rgb, target in ORIGINAL_CLASSES.values()}
-
-
 @lru_cache(maxsize=2)
 def _lookup_table(eleven_only: bool) -> np.ndarray:
     """A 16 MiB table over every 24-bit colour, built once per process and palette."""
+    if eleven_only:  # the thesis's own converter knew only the 11 class colours and Void's
+        palette = {colour: index for index, colour in enumerate(COLOURS)}
+    else:
+        palette = {rgb: class_index(target) for rgb, target in ORIGINAL_CLASSES.values()}
     table = np.full(1 << 24, _UNKNOWN, dtype=np.uint8)
-    for colour, index in _palette(eleven_only).items():
+    for colour, index in palette.items():
         table[_pack(np.array(colour, dtype=np.uint8))] = index
     return table
 
@@ -103,8 +91,7 @@ def _lookup_table(eleven_only: bool) -> np.ndarray:
 def colour_to_index(rgb: np.ndarray, eleven_only: bool = False) -> tuple[np.ndarray, int]:
     """Map an (H,W,3) uint8 colour mask to (index mask uint8, number of unknown-colour pixels).
 
-    With eleven_only, only the 11 class colours of data/camvid.py and Void's black are known
-    (the thesis's behaviour): the other 21 official colours become Void and count as unknown.
+    With eleven_only, the 21 official colours outside the 11 classes count as unknown, as in the thesis.
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 colour mask, got {rgb.shape} {rgb.dtype}")
@@ -117,26 +104,18 @@ def colour_to_index(rgb: np.ndarray, eleven_only: bool = False) -> tuple[np.ndar
 
 
 def index_to_colour(index: np.ndarray) -> np.ndarray:
-    """Colour an index mask with CamVid's colours so people can look at it; values that are no class
-    (255 padding, -1) are drawn in Void's colour instead of failing on a picture."""
+    """An index mask in CamVid's colours, to look at; values that are no class get Void's colour."""
     return colourise(index, COLOURS)
 
 
-def output_name(label_path: Path) -> str:
-    """`<image>_L.png` and `<image>.png` both become `<image>.png`, so labels pair with images."""
-    stem = label_path.stem
-    if stem.endswith(LABEL_SUFFIX):
-        stem = stem[: -len(LABEL_SUFFIX)]
-    return f"{stem}.png"
-
-
 def pair_labels(src_dir: Path) -> dict[str, Path]:
-    """Output name -> coloured label file; refuses two files that would overwrite each other."""
+    """Output name -> coloured label file. `<image>_L.png` (the official name) and `<image>.png` both become
+    `<image>.png`, so labels pair with images; two files that would overwrite each other are refused."""
     if not src_dir.is_dir():
         raise SystemExit(f"{src_dir} is not a folder; give the folder of coloured masks.")
     pairs: dict[str, Path] = {}
     for path in sorted(src_dir.glob("*.png")):
-        name = output_name(path)
+        name = f"{path.stem.removesuffix('_L')}.png"
         if name in pairs:
             raise SystemExit(
                 f"{pairs[name].name} and {path.name} in {src_dir} would both be written "
@@ -163,20 +142,12 @@ def convert_file(src: Path, dst: Path, eleven_only: bool = False) -> int:
     return unknown
 
 
-def convert_folder(src_dir: Path, out_dir: Path, eleven_only: bool = False,
-                   workers: int = 2) -> dict[Path, int]:
-    """Convert every mask of a folder; returns source file -> unknown-pixel count.
-
-    Threads overlap PNG decoding and encoding, which release the GIL and dominate the cost.
-    """
-    pairs = pair_labels(src_dir)
-    if not pairs:
-        raise SystemExit(f"mask_maker: no .png masks in {src_dir}; check the --src folder.")
+def run_in_threads(tasks: dict[Path, Callable[[], int]], workers: int, desc: str, unit: str) -> dict[Path, int]:
+    """Source file -> the unknown-pixel count its task returns. Threads overlap PNG decoding and encoding,
+    which release the GIL and dominate the cost."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        counts = pool.map(lambda item: convert_file(item[1], Path(out_dir) / item[0], eleven_only),
-                          pairs.items())
-        counts = list(tqdm(counts, total=len(pairs), desc=f"masks {src_dir.name}", unit="mask"))
-    return dict(zip(pairs.values(), counts))
+        counts = list(tqdm(pool.map(lambda task: task(), tasks.values()), total=len(tasks), desc=desc, unit=unit))
+    return dict(zip(tasks, counts))
 
 
 def report_unknown(counts: dict[Path, int]) -> None:
@@ -186,37 +157,29 @@ def report_unknown(counts: dict[Path, int]) -> None:
             tqdm.write(f"{path}: {count} pixels of unknown colour mapped to Void", file=sys.stderr)
 
 
-def summary_line(counts: dict[Path, int]) -> str:
-    """The run's one line on stdout; the per-file details went to stderr."""
-    bad = sum(1 for count in counts.values() if count)
-    pixels = sum(counts.values())
-    return (f"converted {len(counts)} masks; {bad} had colours outside the palette "
-            f"({pixels} pixels mapped to Void)")
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--src", type=Path, action="append", required=True,
                         help="folder of coloured masks (<image>_L.png or <image>.png); repeatable")
     parser.add_argument("--out", type=Path, action="append", required=True,
-                        help="folder for the index masks (<image>.png); one per --src, same order")
-    parser.add_argument("--eleven-only", action="store_true",
-                        help="the thesis's converter: only the 11 class colours map, the rest is Void")
-    parser.add_argument("--workers", type=int, default=2, help="threads for PNG decode/encode")
+                        help="folder for the index masks; one per --src, in the same order")
+    parser.add_argument("--eleven-only", action="store_true", help="only the 11 class colours map, the rest is Void")
+    parser.add_argument("--workers", type=int, default=2, help="threads for PNG decoding and encoding")
     args = parser.parse_args(argv)
     if len(args.src) != len(args.out):
         parser.error(f"got {len(args.src)} --src but {len(args.out)} --out; give them in pairs")
-    return args
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
     counts: dict[Path, int] = {}
     for src, out in zip(args.src, args.out):
-        folder_counts = convert_folder(src, out, args.eleven_only, args.workers)
+        pairs = pair_labels(src)
+        if not pairs:
+            raise SystemExit(f"mask_maker: no .png masks in {src}; check the --src folder.")
+        tasks = {path: partial(convert_file, path, out / name, args.eleven_only) for name, path in pairs.items()}
+        folder_counts = run_in_threads(tasks, args.workers, f"masks {src.name}", "mask")
         report_unknown(folder_counts)
         counts.update(folder_counts)
-    print(summary_line(counts))
+    bad = sum(1 for count in counts.values() if count)
+    print(f"converted {len(counts)} masks; {bad} had colours outside the palette "
+          f"({sum(counts.values())} pixels mapped to Void)")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,8 @@
-"""Lay out CamVid the way the training code reads it, from either public release.
+"""Lay out CamVid as the training code reads it, from the official download or the SegNet release.
 
-The official download (701 images and 701 coloured `<image>_L.png` masks in one folder each)
-and the SegNet release (one folder per subset, index masks in SegNet's class order) both end
-up as `OUT/{train,val,test}` images and `OUT/{train,val,test}_labels` index masks in the thesis
-class order, with the image's file name, so images and labels pair by name. The standard
-367/101/233 split ships in data/splits so every run trains and tests on the same frames; the
-folders are checked against it so an incomplete download fails here, naming the files, instead
-of silently training on fewer images.
+Both become OUT/{train,val,test} images and OUT/{train,val,test}_labels index masks in the thesis class order,
+named like their images. The folders are checked against the split lists (data/splits: SegNet's 367/101/233),
+so an incomplete download fails here, naming the files, instead of training on fewer images.
 
     python data/prepare_camvid.py --images DIR --labels DIR --out data/camvid
     python data/prepare_camvid.py --segnet DIR --out data/camvid
@@ -17,20 +13,18 @@ import argparse
 import os
 import shutil
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 if __package__ in (None, ""):  # run as `python data/prepare_camvid.py`: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.camvid import IGNORE_INDEX  # noqa: E402
-from data.mask_maker import class_index, convert_file, pair_labels, report_unknown  # noqa: E402
+from data.mask_maker import class_index, convert_file, pair_labels, report_unknown, run_in_threads  # noqa: E402
 from utils.io import atomic_open, write_png  # noqa: E402
 
 SUBSETS = ("train", "val", "test")
@@ -43,8 +37,9 @@ SEGNET_ORDER = (
     "Sky", "Building", "Column_Pole", "Road", "Sidewalk", "Tree",
     "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist", "Void",
 )
-
-Task = Callable[[], int]  # one file's work; returns how many of its pixels had no class (now Void)
+# SegNet index -> thesis index for every byte value; anything past Void becomes Void.
+SEGNET_TO_THESIS = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+SEGNET_TO_THESIS[: len(SEGNET_ORDER)] = [class_index(name) for name in SEGNET_ORDER]
 
 
 def read_split(path: Path) -> list[str]:
@@ -105,15 +100,7 @@ def copy_image(src: Path, dst: Path) -> int:
     return 0
 
 
-def segnet_table() -> np.ndarray:
-    """SegNet index -> thesis index for every byte value; anything past Void becomes Void."""
-    table = np.full(256, IGNORE_INDEX, dtype=np.uint8)
-    for segnet_index, name in enumerate(SEGNET_ORDER):
-        table[segnet_index] = class_index(name)
-    return table
-
-
-def remap_segnet_label(src: Path, dst: Path, table: np.ndarray) -> int:
+def remap_segnet_label(src: Path, dst: Path) -> int:
     """Rewrite one SegNet label in thesis order; returns how many pixels had no SegNet class."""
     try:
         with Image.open(src) as image:
@@ -125,91 +112,66 @@ def remap_segnet_label(src: Path, dst: Path, table: np.ndarray) -> int:
         raise SystemExit(f"prepare_camvid: {src} has shape {label.shape}; --segnet expects "
                          f"single-channel index labels (for coloured masks use --images/--labels).")
     label = np.minimum(label, 255).astype(np.uint8, copy=False)
-    write_png(dst, table[label])
+    write_png(dst, SEGNET_TO_THESIS[label])
     return int(np.count_nonzero(label >= len(SEGNET_ORDER)))
 
 
-def official_tasks(images: Path, labels: Path, out: Path,
-                   splits: dict[str, list[str]]) -> dict[Path, Task]:
-    """Work for the official download: every split name needs an image and an `_L` mask."""
+def official_files(images: Path, labels: Path,
+                   splits: dict[str, list[str]]) -> tuple[dict[str, Path], dict[str, Path]]:
+    """Image name -> image file, and -> `_L` mask, of the official download: one folder each for all subsets."""
     image_files = index_folder(images)
     label_files = pair_labels(labels)
     wanted = [name for names in splits.values() for name in names]
     check_names(wanted, image_files, images, "images")
     check_names(wanted, label_files, labels, "labels (shown by image name)")
-    tasks: dict[Path, Task] = {}
+    return image_files, label_files
+
+
+def segnet_files(segnet: Path, splits: dict[str, list[str]]) -> tuple[dict[str, Path], dict[str, Path]]:
+    """Image name -> image file, and -> label, of the SegNet release: folders `<subset>` and `<subset>annot`."""
+    image_files: dict[str, Path] = {}
+    label_files: dict[str, Path] = {}
     for subset, names in splits.items():
-        for name in names:
-            tasks[image_files[name]] = partial(copy_image, image_files[name], out / subset / name)
-            tasks[label_files[name]] = partial(convert_file, label_files[name],
-                                               out / f"{subset}_labels" / name)
-    return tasks
+        subset_images = index_folder(segnet / subset)
+        subset_labels = index_folder(segnet / f"{subset}annot")
+        check_names(names, subset_images, segnet / subset, "images")
+        check_names(names, subset_labels, segnet / f"{subset}annot", "labels")
+        image_files.update(subset_images)
+        label_files.update(subset_labels)
+    return image_files, label_files
 
 
-def segnet_tasks(segnet: Path, out: Path, splits: dict[str, list[str]]) -> dict[Path, Task]:
-    """Work for the SegNet release, whose folders `<subset>` and `<subset>annot` hold one subset."""
-    table = segnet_table()
-    tasks: dict[Path, Task] = {}
-    for subset, names in splits.items():
-        image_files = index_folder(segnet / subset)
-        label_files = index_folder(segnet / f"{subset}annot")
-        check_names(names, image_files, segnet / subset, "images")
-        check_names(names, label_files, segnet / f"{subset}annot", "labels")
-        for name in names:
-            tasks[image_files[name]] = partial(copy_image, image_files[name], out / subset / name)
-            tasks[label_files[name]] = partial(remap_segnet_label, label_files[name],
-                                               out / f"{subset}_labels" / name, table)
-    return tasks
-
-
-def run_tasks(tasks: dict[Path, Task], workers: int) -> dict[Path, int]:
-    """Run the per-file work on threads (PIL and zlib release the GIL); source -> Void count."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda task: task(), tasks.values())
-        results = list(tqdm(results, total=len(tasks), desc="camvid", unit="file"))
-    return dict(zip(tasks, results))
-
-
-def summary_line(splits: dict[str, list[str]], out: Path, counts: dict[Path, int]) -> str:
-    """The run's one line on stdout; the per-file details went to stderr."""
-    sizes = ", ".join(f"{subset} {len(names)}" for subset, names in splits.items())
-    bad = sum(1 for count in counts.values() if count)
-    return (f"prepared {sizes} image/label pairs in {out}; {bad} labels had pixels outside the "
-            f"classes ({sum(counts.values())} pixels mapped to Void)")
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=Path, help="official download: folder of the 701 images")
     parser.add_argument("--labels", type=Path, help="official download: folder of the _L.png masks")
-    parser.add_argument("--segnet", type=Path,
-                        help="SegNet release folder (train, trainannot, val, valannot, test, testannot)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="thesis layout (default data/camvid)")
-    parser.add_argument("--splits", type=Path, default=DEFAULT_SPLITS,
-                        help="folder with train.txt, val.txt, test.txt (default data/splits)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="threads")
+    parser.add_argument("--segnet", type=Path, help="SegNet release: folder of train, trainannot, val, ...")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--splits", type=Path, default=DEFAULT_SPLITS, help="folder of train.txt, val.txt, test.txt")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args(argv)
     official = args.images is not None or args.labels is not None
     if official == (args.segnet is not None):
         parser.error("give either --images and --labels (official download) or --segnet")
     if official and (args.images is None or args.labels is None):
         parser.error("the official download needs both --images and --labels")
-    return args
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
     splits = load_splits(args.splits)
     # Everything is written beside OUT first and moved in at the end: a file that cannot be read stops the
     # run with OUT as it was, not half replaced.
     staging = args.out.parent / f".{args.out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        if args.segnet is not None:
-            tasks = segnet_tasks(args.segnet, staging, splits)
+        if official:
+            image_files, label_files = official_files(args.images, args.labels, splits)
         else:
-            tasks = official_tasks(args.images, args.labels, staging, splits)
-        counts = run_tasks(tasks, args.workers)
+            image_files, label_files = segnet_files(args.segnet, splits)
+        write_label = convert_file if official else remap_segnet_label
+        tasks: dict[Path, Callable[[], int]] = {}
+        for subset, names in splits.items():
+            for name in names:
+                tasks[image_files[name]] = partial(copy_image, image_files[name], staging / subset / name)
+                tasks[label_files[name]] = partial(write_label, label_files[name], staging / f"{subset}_labels" / name)
+        counts = run_in_threads(tasks, args.workers, "camvid", "file")
         for path in sorted(staging.rglob("*.png")):
             target = args.out / path.relative_to(staging)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -217,7 +179,10 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     report_unknown(counts)
-    print(summary_line(splits, args.out, counts))
+    sizes = ", ".join(f"{subset} {len(names)}" for subset, names in splits.items())
+    bad = sum(1 for count in counts.values() if count)
+    print(f"prepared {sizes} image/label pairs in {args.out}; {bad} labels had pixels outside the "
+          f"classes ({sum(counts.values())} pixels mapped to Void)")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,8 @@
-"""Generated stand-ins for CamVid and CIFAR-10, written in their on-disk formats, so that the demos and
-the tests run offline on the loaders real data goes through.
+"""Generated stand-ins for CamVid and CIFAR-10 in their on-disk formats, so that the demos and the tests run
+offline through the loaders real data goes through.
 
-Each image is a pure function of (seed, split, index). Every scene and picture has its own light and
-every object its own shade, so colour alone does not give a class away and a few labeled images do
-not show every look a class takes. A marker written last lets a finished set be reused and an
+Each image is a pure function of (seed, split, index). Every picture has its own light and every object its own
+shade, so colour alone does not give a class away. A marker written last lets a finished set be reused and an
 interrupted one be made again.
 """
 from __future__ import annotations
@@ -57,9 +56,8 @@ def make_street_scenes(root: str | Path, counts: Mapping[str, int] | None = None
     if _marker_matches(root / MARKER, params):
         return root
     (root / MARKER).unlink(missing_ok=True)  # first: an interrupted set is never taken for a finished one
-    for folder in [root / s for s in ("train", "val", "test", "train_labels", "val_labels", "test_labels")] + [
-            root / "unlabeled" / "train"]:
-        for stale in folder.glob("synth_*.png"):
+    for folder in ("train", "val", "test", "train_labels", "val_labels", "test_labels", "unlabeled/train"):
+        for stale in (root / folder).glob("synth_*.png"):
             stale.unlink()
     for split, count in [*counts.items(), ("unlabeled", unlabeled)]:
         for index in range(count):
@@ -154,8 +152,6 @@ def render_street_scene(size: tuple[int, int], rng: np.random.Generator) -> tupl
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), label
 
 
-# ----------------------------------------------------------------------------- CIFAR-like
-
 def make_cifar_like(root: str | Path, n_train: int = 5000, n_test: int = 1000, seed: int = 0) -> Path:
     """A learnable 10-class set in CIFAR-10's python format under root/cifar-10-batches-py/; returns root.
 
@@ -169,9 +165,14 @@ def make_cifar_like(root: str | Path, n_train: int = 5000, n_test: int = 1000, s
     if _marker_matches(folder / MARKER, params):
         return Path(root)
     first = folder / TRAIN_FILES[0]
-    if first.is_file() and not _written_here(first):
-        raise UserError(f"{folder} holds CIFAR-10 files this generator did not write; refusing to overwrite "
-                        "them: give the synthetic set an empty folder of its own.")
+    if first.is_file():
+        try:  # this generator's batches say 'synthetic' in their batch_label; real ones say 'training batch'
+            ours = read_pickle(first)[b"batch_label"].startswith(b"synthetic")
+        except Exception:  # unreadable or foreign: not ours, so not to be overwritten
+            ours = False
+        if not ours:
+            raise UserError(f"{folder} holds CIFAR-10 files this generator did not write; refusing to overwrite "
+                            "them: give the synthetic set an empty folder of its own.")
     (folder / MARKER).unlink(missing_ok=True)
     rows, labels = _cifar_pictures(n_train, np.random.default_rng([seed, STREAMS["train"]]))
     for k, (part, part_labels) in enumerate(zip(np.array_split(rows, 5), np.array_split(labels, 5))):
@@ -181,14 +182,6 @@ def make_cifar_like(root: str | Path, n_train: int = 5000, n_test: int = 1000, s
     _write_pickle(folder / META_FILE, {b"label_names": [name.encode() for name in CIFAR_CLASSES], b"num_vis": 3072})
     write_json(folder / MARKER, params)
     return Path(root)
-
-
-def _written_here(batch: Path) -> bool:
-    """This generator's batches say 'synthetic' in their batch_label; real ones say 'training batch'."""
-    try:
-        return read_pickle(batch)[b"batch_label"].startswith(b"synthetic")
-    except Exception:  # unreadable or foreign: not ours, so not to be overwritten
-        return False
 
 
 def _write_pickle(path: Path, obj: Any) -> None:

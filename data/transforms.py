@@ -1,10 +1,7 @@
 """Batched augmentation on whatever device the batch lives on.
 
-Each function takes a whole batch of uint8/float images in [0, 255] (B,3,H,W) and, where there
-are any, labels (B,H,W), and draws per-sample randomness from an explicit `torch.Generator`
-(kept on the CPU so that runs are reproducible and resumable on any device). Geometry is one
-`grid_sample` per batch: a per-sample affine map does the scale, the crop offset and the flip at
-once, bilinear for images and nearest for labels, so image and label can never drift apart.
+Each function takes a batch of images in [0, 255] (B,3,H,W) and, where there are any, labels (B,H,W). Per-sample
+randomness comes from a CPU `torch.Generator`, so that runs are reproducible and resumable on any device.
 """
 from __future__ import annotations
 
@@ -27,7 +24,8 @@ def scale_crop_flip(images: torch.Tensor, labels: torch.Tensor, crop: int, mean:
                     scale: tuple[float, float] = (0.5, 2.0), flip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Random scale in `scale`, random square `crop` of the scaled image, random horizontal flip.
 
-    Where the crop leaves the scaled image, images get the `mean` colour and labels `ignore_index`.
+    Where the crop leaves the scaled image, images get the `mean` colour and labels `ignore_index`. Image and
+    label are sampled on one grid (bilinear and nearest), so they never drift apart.
     Returns float images (B,3,crop,crop) in [0, 255] and int64 labels (B,crop,crop).
     """
     b, _, h, w = images.shape
@@ -91,30 +89,10 @@ def photometric(images: torch.Tensor, generator: torch.Generator, strength: floa
     x = gray + (x - gray) * saturation.view(view)
     to_gray = _coin(b, 0.2, generator).to(dev).view(view)
     x = torch.where(to_gray, gray.expand_as(x), x)
-    blurred = _box_blur(x)
+    kernel = torch.full((3, 1, 5, 5), 1 / 25, device=dev, dtype=x.dtype)  # a 5x5 box blur
+    blurred = F.conv2d(F.pad(x, [2] * 4, mode="replicate"), kernel, groups=3)
     x = torch.where(_coin(b, 0.5, generator).to(dev).view(view), blurred, x)
     return x.clamp(0, 255)
-
-
-def _box_blur(x: torch.Tensor, size: int = 5) -> torch.Tensor:
-    kernel = torch.full((3, 1, size, size), 1 / size**2, device=x.device, dtype=x.dtype)
-    return F.conv2d(F.pad(x, [size // 2] * 4, mode="replicate"), kernel, groups=3)
-
-
-def box_masks(b: int, h: int, w: int, area: tuple[float, float], generator: torch.Generator,
-              device: torch.device | str = "cpu") -> torch.Tensor:
-    """One random rectangle per sample (B,H,W bool) covering a share of the image in `area`."""
-    share = _uniform(b, *area, generator)
-    ratio = torch.exp(_uniform(b, -0.5, 0.5, generator))
-    bh = (h * (share * ratio).sqrt()).clamp(max=h)
-    bw = (w * (share / ratio).sqrt()).clamp(max=w)
-    y0 = (h - bh) * torch.rand(b, generator=generator)
-    x0 = (w - bw) * torch.rand(b, generator=generator)
-    rows = torch.arange(h)[None, :]
-    cols = torch.arange(w)[None, :]
-    inside_y = (rows >= y0[:, None]) & (rows < (y0 + bh)[:, None])
-    inside_x = (cols >= x0[:, None]) & (cols < (x0 + bw)[:, None])
-    return (inside_y[:, :, None] & inside_x[:, None, :]).to(device)
 
 
 def cutmix(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
@@ -126,7 +104,16 @@ def cutmix(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generato
     """
     b, _, h, w = images.shape
     partner = torch.randperm(b, generator=generator).to(images.device)
-    box = box_masks(b, h, w, (0.25, 0.5), generator, images.device)
+    share = _uniform(b, 0.25, 0.5, generator)  # of the image the box covers
+    ratio = torch.exp(_uniform(b, -0.5, 0.5, generator))
+    bh = (h * (share * ratio).sqrt()).clamp(max=h)
+    bw = (w * (share / ratio).sqrt()).clamp(max=w)
+    y0 = (h - bh) * torch.rand(b, generator=generator)
+    x0 = (w - bw) * torch.rand(b, generator=generator)
+    rows, cols = torch.arange(h)[None, :], torch.arange(w)[None, :]
+    inside_y = (rows >= y0[:, None]) & (rows < (y0 + bh)[:, None])
+    inside_x = (cols >= x0[:, None]) & (cols < (x0 + bw)[:, None])
+    box = (inside_y[:, :, None] & inside_x[:, None, :]).to(images.device)
     box &= _coin(b, p, generator).to(images.device).view(b, 1, 1)
     images = torch.where(box[:, None], images[partner], images)
     labels = torch.where(box if labels.ndim == 3 else box[:, None], labels[partner], labels)

@@ -1,9 +1,6 @@
-"""ResNet-18 sized for 32x32 CIFAR images.
-
-The ImageNet stem (7x7 stride-2 conv and max-pool) would shrink a 32x32 image to 8x8 before the
-first block, so the CIFAR variant uses a 3x3 stride-1 stem and no pooling. The model normalises
-its input with the statistics it is given: batches stay uint8 from disk to here, which keeps them
-four times smaller and means no caller can forget or double-apply the statistics.
+"""ResNet-18 for 32x32 CIFAR images: a 3x3 stride-1 stem without max-pool, as the ImageNet stem would shrink
+the image to 8x8 before the first block. The model normalises its input itself, so batches stay uint8 up to here
+and no caller can forget or double-apply the statistics.
 """
 from __future__ import annotations
 
@@ -37,20 +34,16 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """Classifier taking (N, 3, H, W) images with values in [0, 255], uint8 or float.
-
-    `width` is the channel count of the first stage (64 in ResNet-18); a narrower network keeps
-    the architecture but lets the demo and the tests train on a laptop CPU in minutes.
-    """
+    """Classifier of (N, 3, H, W) images in [0, 255], uint8 or float. `width` is the first stage's channel count
+    (64 in ResNet-18); narrower, the demo and the tests train on a laptop CPU in minutes."""
 
     def __init__(self, num_classes: int, mean: Sequence[float], std: Sequence[float], width: int = 64) -> None:
         super().__init__()
         # The run's setting, not learned state: kept out of the state_dict so checkpoints hold weights only.
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
-        )
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
+                                  nn.ReLU(inplace=True))
         self.layer1 = _stage(width, width, stride=1)
         self.layer2 = _stage(width, 2 * width, stride=2)
         self.layer3 = _stage(2 * width, 4 * width, stride=2)
@@ -65,6 +58,4 @@ class ResNet18(nn.Module):
 
 
 def _stage(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(
-        BasicBlock(in_channels, out_channels, stride), BasicBlock(out_channels, out_channels, 1)
-    )
+    return nn.Sequential(BasicBlock(in_channels, out_channels, stride), BasicBlock(out_channels, out_channels, 1))

@@ -1,12 +1,6 @@
-"""SwiftNet-RN18, single scale (Oršić et al., CVPR 2019), equal to the reference code
-(github.com/orsic/swiftnet: models/resnet/resnet_single_scale.py, models/util.py, models/semseg.py)
-in structure, initialisation and BatchNorm momenta, so that equal weights give equal logits and
-the reference's checkpoints load through `convert_reference_state_dict`.
-
-A ResNet-18 encoder gives features at strides 4, 8, 16 and 32; spatial pyramid pooling widens the
-receptive field of the last, and a light upsampling path (one module per skip) brings it back to
-stride 4, where a 1x1 logits layer predicts the classes. The model takes images in [0, 255]
-(uint8 or float) and normalises them with the statistics it is given.
+"""SwiftNet-RN18, single scale (Oršić et al., CVPR 2019), equal to the reference code (github.com/orsic/swiftnet)
+in structure, initialisation and BatchNorm momenta, so that equal weights give equal logits and the reference's
+checkpoints load through `convert_reference_state_dict`. It takes images in [0, 255], uint8 or float.
 """
 from __future__ import annotations
 
@@ -75,10 +69,8 @@ class Upsample(nn.Module):
 
 
 class SwiftNet(nn.Module):
-    """SwiftNet-RN18, single scale. `forward` returns logits at the input resolution.
-
-    The encoder's modules keep torchvision's names (conv1, bn1, layer1..4), so ImageNet weights
-    load by name; the skips are the stages' outputs after their last ReLU, as in the reference.
+    """Logits at the input resolution. The encoder's modules keep torchvision's names (conv1, bn1, layer1..4),
+    so ImageNet weights load by name; the skips are the stages' outputs after their last ReLU, as in the reference.
     """
 
     def __init__(self, num_classes: int, mean: Sequence[float], std: Sequence[float]):
@@ -125,8 +117,7 @@ _REFERENCE_STATISTICS = ("backbone.img_mean", "backbone.img_std", "backbone.img_
 
 
 def convert_reference_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A state dict of the reference SwiftNet (`backbone.conv1...`, `backbone.spp.spp.spp_bn...`,
-    `logits.conv...`) with our names; names that are already ours pass unchanged."""
+    """A state dict of the reference SwiftNet with our names; names that are already ours pass unchanged."""
     converted = {}
     for name, tensor in state_dict.items():
         if name in _REFERENCE_STATISTICS:
@@ -140,8 +131,7 @@ def convert_reference_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[st
 
 
 def imagenet_state_dict(pretrained_path: str = "") -> dict[str, torch.Tensor]:
-    """ResNet-18's ImageNet weights: from `pretrained_path` if given (machines without internet),
-    else torchvision's download."""
+    """ResNet-18's ImageNet weights: from `pretrained_path` if given (machines without internet), else downloaded."""
     if pretrained_path:
         path = Path(pretrained_path)
         if not path.is_file():

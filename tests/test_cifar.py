@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from data import cifar
-from data.cifar import CIFAR_FOLDER, DOWNLOAD_URL, MEAN, STD, DataError, load_cifar10, split_labeled
+from data.cifar import CIFAR_FOLDER, DOWNLOAD_URL, MEAN, STD, load_cifar10, split_labeled
 from data.synthetic import make_cifar_like
 from models.resnet_cifar import ResNet18
 from utils.errors import UserError
@@ -46,20 +46,20 @@ def test_reader_returns_uint8_images_in_file_order(root: Path) -> None:
                                  np.zeros(3072, np.uint8), "not an array"])
 def test_wrong_data_shape_names_the_file(root: Path, bad: Any) -> None:
     _rewrite(root, "data_batch_3", data=bad)
-    with pytest.raises(DataError, match=r"data_batch_3.*3072"):
+    with pytest.raises(UserError, match=r"data_batch_3.*3072"):
         load_cifar10(root, download=False)
 
 
 @pytest.mark.parametrize("labels", [[0] * 9, [10] * 10, [-1] * 10, None])
 def test_wrong_labels_name_the_file(root: Path, labels: Any) -> None:
     _rewrite(root, "test_batch", data=np.zeros((10, 3072), np.uint8), labels=labels)
-    with pytest.raises(DataError, match=r"test_batch.*labels"):
+    with pytest.raises(UserError, match=r"test_batch.*labels"):
         load_cifar10(root, download=False)
 
 
 def test_unreadable_file_names_the_file(root: Path) -> None:
     (root / CIFAR_FOLDER / "batches.meta").write_bytes(b"not a pickle")
-    with pytest.raises(DataError, match="batches.meta"):
+    with pytest.raises(UserError, match="batches.meta"):
         load_cifar10(root, download=False)
 
 
@@ -79,8 +79,8 @@ def test_a_batch_file_that_would_run_code_is_refused_and_never_runs_it(root: Pat
     marker = tmp_path / "ran"
     path = root / CIFAR_FOLDER / "data_batch_1"
     path.write_bytes(pickle.dumps({b"batch_label": b"synthetic", b"data": Payload(marker), b"labels": [0]}, protocol=2))
-    with pytest.raises((DataError, UserError), match=r"data_batch_1.*asks for .*never holds|holds CIFAR-10 files "
-                                                        r"this generator did not write"):
+    with pytest.raises(UserError, match=r"data_batch_1.*asks for .*never holds|holds CIFAR-10 files "
+                                         r"this generator did not write"):
         if reader == "load":
             load_cifar10(root, download=False)
         else:  # the demo reads the files it finds before it writes its own
@@ -89,12 +89,11 @@ def test_a_batch_file_that_would_run_code_is_refused_and_never_runs_it(root: Pat
 
 
 def test_missing_files_say_where_they_go(tmp_path: Path) -> None:
-    with pytest.raises(DataError) as caught:
+    with pytest.raises(UserError) as caught:  # entry scripts print it without a traceback
         load_cifar10(tmp_path, download=False)
     message = str(caught.value)
     for part in (str(tmp_path / CIFAR_FOLDER), "data_batch_1", "test_batch", DOWNLOAD_URL):
         assert part in message
-    assert isinstance(caught.value, UserError)  # entry scripts print it without a traceback
 
 
 def test_failed_download_says_where_the_files_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,7 +101,7 @@ def test_failed_download_says_where_the_files_go(tmp_path: Path, monkeypatch: py
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(cifar.torchvision.datasets, "CIFAR10", offline)
-    with pytest.raises(DataError, match=r"(?s)unreachable.*data_batch_1.*cifar-10-python\.tar\.gz"):
+    with pytest.raises(UserError, match=r"(?s)unreachable.*data_batch_1.*cifar-10-python\.tar\.gz"):
         load_cifar10(tmp_path, download=True)
 
 

@@ -1,13 +1,16 @@
 """DATA_CACHE: decoded sets kept as memory-mapped files, decoded once, made again when the files change."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
 
 import data.segmentation as segmentation
+import semisup_cam
 from data.camvid import LOOKUP, files, load_split
 
 
@@ -35,6 +38,14 @@ def test_a_changed_file_or_scale_makes_a_new_cache_file(scenes: Path, tmp_path: 
     os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
     load_split(scenes, "val", cache=tmp_path)
     assert len(list(tmp_path.glob("*.uint8"))) == 5  # the images again; the labels did not change
+
+
+def test_a_run_resumes_with_another_cache_folder(tiny_scenes: Path, tmp_path: Path,
+                                                main_args: Callable[..., list[str]]) -> None:
+    semisup_cam.main(main_args(tiny_scenes, tmp_path, data_cache=tmp_path / "cache_a"))
+    summary = (tmp_path / "run" / "summary.json").read_text()
+    semisup_cam.main(main_args(tiny_scenes, tmp_path, data_cache=tmp_path / "cache_b"))  # no "another config"
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["teacher"] == json.loads(summary)["teacher"]
 
 
 def test_a_decode_cut_short_is_made_again(tiny_scenes: Path, tmp_path: Path) -> None:

@@ -146,11 +146,6 @@ def test_colour_to_index_rejects_a_single_channel_mask() -> None:
 
 # --- mask_maker command line ------------------------------------------------------------------
 
-def test_output_name_drops_the_label_suffix() -> None:
-    assert mask_maker.output_name(Path("0001TP_006690_L.png")) == "0001TP_006690.png"
-    assert mask_maker.output_name(Path("0001TP_006690.png")) == "0001TP_006690.png"
-
-
 def test_mask_maker_converts_l_and_plain_names_and_reports_unknown_pixels(
         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     rgb = solid((128, 128, 128), (6, 8))
@@ -342,7 +337,7 @@ def test_test_sequences_are_recognised() -> None:
     assert not extract_frames.leaks_test_frames("0016E5")
 
 
-def test_extract_without_pyav_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_extract_without_pyav_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "av", None)
     with pytest.raises(SystemExit, match="pip install av"):
-        extract_frames.import_av()
+        extract_frames.extract(tmp_path / "0006R0.MXF", tmp_path / "frames", 30)

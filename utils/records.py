@@ -35,8 +35,9 @@ from utils.metrics import format_number
 # Settings that may change between a run and its resumption without changing the experiment.
 # PSEUDO_ROOT is only where pseudo-labels are cached (they are remade there), so a run that could
 # not write them can resume with another --pseudo_root. NO_ITER only says how far to go: each
-# iteration depends on the earlier ones alone, so raising it continues a finished run.
-NOT_PART_OF_EXPERIMENT = ("run_dir", "resume", "pseudo_root", "no_iter")
+# iteration depends on the earlier ones alone, so raising it continues a finished run. DATA_CACHE only
+# says where decoded images are kept.
+NOT_PART_OF_EXPERIMENT = ("run_dir", "resume", "pseudo_root", "no_iter", "data_cache")
 
 
 def code_version() -> str:
