@@ -22,7 +22,7 @@ from data.segmentation import ClassTable, SegmentationSet, image_files, index_lo
 from utils.errors import UserError
 
 IMAGENET = ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
-HINT = "DATA_ROOT must hold classes.json, images/ and labels/ (README, 'Your own data')."
+HINT = "DATA_ROOT must hold classes.json, images/ and labels/ (README, 'Cityscapes and your own data')."
 LABEL_HINT = "Check the label against classes.json."
 
 

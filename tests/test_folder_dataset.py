@@ -71,7 +71,7 @@ def test_names_alone_make_a_class_file(tmp_path: Path) -> None:
 ])
 def test_a_wrong_class_file_says_what_it_needs(tmp_path: Path, spec: Any, message: str) -> None:
     (tmp_path / "classes.json").write_text(json.dumps(spec))
-    with pytest.raises(UserError, match=f"classes.json: .*{message}.*README, 'Your own data'"):
+    with pytest.raises(UserError, match=f"classes.json: .*{message}.*README, 'Cityscapes and your own data'"):
         folder.read_classes(tmp_path)
 
 
