@@ -1,11 +1,9 @@
 """What every segmentation data set shares: its class table, images and labels decoded once into
 uint8 tensors, and the split protocol of semi-supervised segmentation.
 
-Every image is decoded a single time, in parallel threads (PIL releases the GIL while decoding),
-resized by `scale` and stacked into one (N,3,H,W) uint8 tensor; training batches are then made by
-indexing, on the CPU or on the GPU. Labels are class indices 0..C-1 with C for ignore, whatever
-the files hold: each data set gives a lookup from its file values. Bad input is reported here,
-with the file name and the fix, before any training starts.
+Images are decoded once, in threads (PIL releases the GIL), into one (N,3,H,W) uint8 tensor that batches
+index on the CPU or GPU. Labels become class indices 0..C-1 with C for ignore through each data set's
+lookup of its file values. Bad input is reported here, with the file and the fix, before training starts.
 """
 from __future__ import annotations
 
@@ -16,7 +14,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -69,10 +67,7 @@ def index_lookup(num_classes: int, ignore_values: Sequence[int] = ()) -> np.ndar
 @dataclass
 class SegmentationSet:
     """Images (N,3,H,W) uint8, labels (N,H,W) uint8 or None for unlabeled frames, and file stems.
-
-    `source_size` is (width, height) of the files on disk, before IMAGE_SCALE: pseudo-labels are
-    written at that size, like the ground truth.
-    """
+    `source_size` is (width, height) on disk, before IMAGE_SCALE: pseudo-labels are written at that size."""
 
     images: torch.Tensor
     labels: torch.Tensor | None
@@ -190,18 +185,17 @@ def _ranges(values: np.ndarray) -> str:
     return ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in runs)
 
 
-def _decode_all(decode: Callable[[Path], np.ndarray], paths: Sequence[Path]) -> list[np.ndarray]:
+def _in_threads(function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
     with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
-        return list(pool.map(decode, paths))
+        return list(pool.map(function, items))
 
 
 def _decode_into(decode: Callable[[int], np.ndarray], paths: Sequence[Path], channels_first: bool,
                  cache: Path | None, recipe: str) -> torch.Tensor:
-    """decode(i) of every path, in threads, straight into one tensor: the set is held once, not twice
-    (2,975 Cityscapes images are 18.7 GB at full size). With a `cache` folder the tensor is a file there,
-    memory-mapped: decoded once, then read from disk or the page cache as batches ask for it, so a data
-    set larger than the memory trains too. The file is named by a hash of the files, their sizes and
-    modification times, and the `recipe` that decodes them."""
+    """decode(i) of every path, in threads, straight into one tensor, so the set is held once, not twice
+    (2,975 Cityscapes images are 18.7 GB). With a `cache` folder the tensor is a memory-mapped file there,
+    decoded once and paged in as batches ask, so a set larger than the memory trains too; its name hashes
+    the files, their sizes and modification times, and the `recipe` that decodes them."""
     first = decode(0)
     size = first.shape
     shape = (len(paths), size[2], *size[:2]) if channels_first else (len(paths), *size)
@@ -214,8 +208,7 @@ def _decode_into(decode: Callable[[int], np.ndarray], paths: Sequence[Path], cha
                                 f"{size[1]}x{size[0]}: all images of a set must have one size. Resize them first.")
             slots[i] = array.transpose(2, 0, 1) if channels_first else array
 
-        with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
-            list(pool.map(put, range(len(paths))))
+        _in_threads(put, range(len(paths)))
 
     if cache is None:
         out = torch.empty(shape, dtype=torch.uint8)
@@ -253,7 +246,7 @@ def image_size(path: Path) -> tuple[int, int]:
 
 def load_labels(paths: Sequence[Path], lookup: np.ndarray, scale: float = 1.0,
                 image_paths: Sequence[Path] | None = None, hint: str = "", cache: Path | None = None) -> torch.Tensor:
-    sizes = [None] * len(paths) if image_paths is None else _decode_all(image_size, image_paths)
+    sizes = [None] * len(paths) if image_paths is None else _in_threads(image_size, image_paths)
     return _decode_into(lambda i: decode_label(paths[i], scale, lookup, sizes[i], hint), paths, False, cache,
                         f"labels {scale} {lookup.tobytes().hex()}")
 
@@ -270,17 +263,12 @@ def load_unlabeled_files(paths: Sequence[Path], scale: float, cache: Path | None
     return SegmentationSet(load_images(paths, scale, cache), None, [p.stem for p in paths], image_size(paths[0]))
 
 
-# ----------------------------------------------------------------------------- the split protocol
-
 def split_names(names: list[str], fraction: float, seed: int,
                 by_sequence: bool = False) -> tuple[list[str], list[str]]:
     """The split protocol: a seeded `fraction` of the train images keeps its labels, the rest does not.
-
-    `by_sequence` draws the labeled images from every group (`sequence_of`) in proportion to its share
-    of train. CamVid's train images come from three sequences, one of which (0016E5) is also the whole
-    val split; a plain draw of 23 images can take 18 of them from it, and val then rewards the
-    models that fit that sequence.
-    """
+    `by_sequence` draws from every group (`sequence_of`) in proportion to its share of train: CamVid's train
+    images come from three sequences, one of which (0016E5) is also all of val; a plain draw of 23 images can
+    take 18 from it, and val then rewards the models that fit that sequence."""
     if not 0 < fraction <= 1:
         raise UserError(f"LABELED_FRACTION={fraction} must be in (0, 1], e.g. 1/8.")
     count = max(1, round(fraction * len(names)))
@@ -289,9 +277,8 @@ def split_names(names: list[str], fraction: float, seed: int,
         chosen = _stratified_choice([sequence_of(name) for name in names], count, generator)
     else:
         chosen = set(torch.randperm(len(names), generator=generator)[:count].tolist())
-    labeled = sorted(name for i, name in enumerate(names) if i in chosen)
-    unlabeled = sorted(name for i, name in enumerate(names) if i not in chosen)
-    return labeled, unlabeled
+    return (sorted(name for i, name in enumerate(names) if i in chosen),
+            sorted(name for i, name in enumerate(names) if i not in chosen))
 
 
 def sequence_of(name: str) -> str:
@@ -321,10 +308,9 @@ def _stratified_choice(groups: list[str], count: int, generator: torch.Generator
 
 
 def read_split_file(path: str | Path, names: list[str]) -> tuple[list[str], list[str]]:
-    """A run's split.json ('labeled' and 'unlabeled' lists), or a text file of labeled names, one per
-    line (a published split list such as data/splits/cityscapes/unimatch/1_8.txt), whose unlabeled
-    images are the rest. A line's folders are dropped: `aachen/aachen_000000_000019` names
-    `aachen_000000_000019`."""
+    """A run's split.json ('labeled' and 'unlabeled' lists), or a text file of labeled names, one per line
+    (a published split such as data/splits/cityscapes/unimatch/1_8.txt) whose unlabeled images are the rest.
+    A line's folders are dropped: `aachen/aachen_000000_000019` names `aachen_000000_000019`."""
     try:
         text = Path(path).read_text()
         if Path(path).suffix == ".txt":

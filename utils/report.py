@@ -3,9 +3,8 @@ whose JSON is written for resuming, not for reading; the report can be pasted in
 
     python -m utils.report runs/semi_s0 [runs/semi_s1 ...] [--out DIR] [--reference runs/full_s0 ...]
 
---reference (supervised runs on all the labels) adds how much of the gap between each run's teacher and full
-supervision its students close, per run and on the means, since that share is what the split protocol is
-judged by. matplotlib is optional: without it the report keeps its tables and says how to get the plots.
+--reference (supervised runs on all the labels) adds the share of the gap to full supervision that the students
+close, the figure the split protocol is judged by. Without matplotlib the report says how to get the plots.
 """
 from __future__ import annotations
 
@@ -36,8 +35,6 @@ COLUMNS = {
 
 @dataclass
 class Run:
-    """Everything a report needs from one run directory."""
-
     folder: Path
     label: str
     config: dict[str, Any]
@@ -47,8 +44,6 @@ class Run:
     metrics: list[dict[str, Any]]
     score: str  # a key of TASK_NAMES
 
-
-# ----------------------------------------------------------------------------- reading
 
 def _read_json(path: Path) -> Any:
     """The file's JSON, or {} where the run has not written the file (yet)."""
@@ -78,8 +73,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def load_run(folder: Path) -> Run:
-    """The run in `folder`; CamVid records mIoU, CIFAR-10 accuracy, and a run without results yet is told
-    by its config."""
+    """The run in `folder`; CamVid records mIoU, CIFAR-10 accuracy, a run without results yet tells by its config."""
     folder = Path(folder)
     if not any((folder / name).is_file() for name in ("config.json", "summary.json", "metrics.jsonl")):
         raise UserError(f"{folder} is not a run directory: it has none of config.json, summary.json, "
@@ -94,8 +88,6 @@ def load_run(folder: Path) -> Run:
     score = recorded[0] if recorded else ("acc" if "val_size" in config else "miou")
     return Run(folder, folder.resolve().name, config, summary, teacher, iterations, metrics, score)
 
-
-# ----------------------------------------------------------------------------- tables
 
 def format_value(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -166,10 +158,9 @@ def gap_row(name: str, seed: str, full: float, teacher: float, student: float, e
 
 
 def gap_section(runs: Sequence[Run], references: Sequence[Run]) -> str:
-    """The gap to full supervision that each run's first student, and the model its loop ends with, closes;
-    then the same on the means of the runs, the figure that is robust to a seed's luck. The gap is counted
-    against the full-label run of the same SEED where there is one; full supervision does not depend on the
-    split, so a run without one is counted against the mean of the references."""
+    """The gap to full supervision that each run's first student, and its loop's end model, closes; then the same on
+    the means of the runs, robust to a seed's luck. Full supervision is the reference of the same SEED, else (as it
+    does not depend on the split) the mean of the references."""
     key = f"test_{references[0].score}"
     full_by_seed: dict[Any, float] = {}
     for reference in references:
@@ -213,8 +204,6 @@ def gap_section(runs: Sequence[Run], references: Sequence[Run]) -> str:
                     f"known to about ±{stdev(gains) / math.sqrt(len(gains)):.2f} (standard error).")
     return "\n".join(lines + [summary, ""])
 
-
-# ----------------------------------------------------------------------------- plots
 
 def draw_curves(run: Run, val_ax: Any, loss_ax: Any) -> None:
     """Each phase after the previous one on one axis of training steps (epochs in records that lack them),
@@ -264,8 +253,7 @@ def draw_per_class(run: Run, ax: Any) -> None:
 
 
 def plots_section(runs: Sequence[Run], out: Path) -> str:
-    """Draws the PNGs into `out` and returns the report's section that shows them, or says how to get them.
-    The Figure is used without pyplot: no global state, no GUI."""
+    """Draws the PNGs into `out` (with Figure, not pyplot: no global state, no GUI) and returns the section."""
     try:
         import matplotlib  # noqa: F401  (first: an imported submodule would hide a missing package)
         from matplotlib.figure import Figure
@@ -288,11 +276,8 @@ def plots_section(runs: Sequence[Run], out: Path) -> str:
     return "## Plots\n\n" + "\n".join(f"![{caption}]({name})\n" for caption, name, _ in plots)
 
 
-# ----------------------------------------------------------------------------- the report
-
 def write_report(run_dirs: Sequence[Path], out: Path, reference_dirs: Sequence[Path] = ()) -> Path:
-    """Reads the runs, draws the plots into `out` and writes `out/report.md`; returns its path.
-    `reference_dirs` are full-supervision runs to measure the gap against."""
+    """Writes `out/report.md` and its plots; `reference_dirs` are full-supervision runs to measure the gap against."""
     runs = [load_run(folder) for folder in run_dirs]
     labels = [run.label for run in runs]
     for run in runs:
@@ -323,8 +308,7 @@ def write_report(run_dirs: Sequence[Path], out: Path, reference_dirs: Sequence[P
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write report.md and plots for one or several run directories.")
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories (folders under runs/)")
-    parser.add_argument("--out", type=Path, help="folder for report.md and the PNGs (default: the run directory "
-                                                 "when there is one; required for several)")
+    parser.add_argument("--out", type=Path, help="folder for report.md and the PNGs (default: the one run directory)")
     parser.add_argument("--reference", nargs="+", type=Path, default=[], metavar="RUN_DIR",
                         help="supervised runs on all the labels: adds how much of the gap to them each run closes")
     args = parser.parse_args(argv)
