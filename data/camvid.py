@@ -54,7 +54,7 @@ def load_split(root: str | Path, subset: str, scale: float = 1.0, cache: Path | 
 
 def load_unlabeled(folder: str | Path, scale: float = 1.0, limit: int = 0,
                    cache: Path | None = None) -> SegmentationSet:
-    """Unlabeled frames; `limit` > 0 keeps the first `limit` (sorted by name) for quick runs."""
+    """Unlabeled frames (at most `limit` when above 0)."""
     folder = Path(folder)
     if not folder.is_dir() or not any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()):
         state = "holds no images (.png/.jpg)" if folder.is_dir() else "does not exist"
@@ -63,6 +63,6 @@ def load_unlabeled(folder: str | Path, scale: float = 1.0, limit: int = 0,
                         "(README, 'Preparing CamVid'); or use the split protocol (--labeled_fraction=1/8), or train "
                         "the teacher alone (--no_iter=0).")
     paths = image_files(folder, LAYOUT_HINT)
-    return load_unlabeled_files(paths[:limit] if limit > 0 else paths, scale, cache)
+    return load_unlabeled_files(paths, scale, limit, cache)
 
 

@@ -83,4 +83,4 @@ def load_unlabeled(root: str | Path, scale: float = 1.0, limit: int = 0,
     if not folder.is_dir():
         return None
     paths = image_files(folder, HINT)
-    return load_unlabeled_files(paths[:limit] if limit > 0 else paths, scale, cache)
+    return load_unlabeled_files(paths, scale, limit, cache)

@@ -259,7 +259,10 @@ def load_labeled(image_paths: Sequence[Path], label_paths: Sequence[Path], looku
     return SegmentationSet(images, labels, list(names or [p.stem for p in image_paths]), image_size(image_paths[0]))
 
 
-def load_unlabeled_files(paths: Sequence[Path], scale: float, cache: Path | None = None) -> SegmentationSet:
+def load_unlabeled_files(paths: Sequence[Path], scale: float, limit: int = 0,
+                         cache: Path | None = None) -> SegmentationSet:
+    """Images without labels; `limit` > 0 keeps the first `limit` (sorted by name) for quick runs."""
+    paths = paths[:limit] if limit > 0 else paths
     return SegmentationSet(load_images(paths, scale, cache), None, [p.stem for p in paths], image_size(paths[0]))
 
 
