@@ -206,7 +206,8 @@ def load_data(cfg: Config, rt: Runtime, run: Run) -> tuple[ClassTable, Segmentat
     unlabeled = load(unlabeled_names) if split_protocol else frames
     sets = [labeled, unlabeled, val, test]
     if rt.device.type == "cuda" and (cfg.data_on_device or not cache):  # pinned: asynchronous copies
-        sets = [s if s is None else s.to(rt.device) if cfg.data_on_device else s.pin_memory() for s in sets]
+        move = (lambda tensor: tensor.to(rt.device)) if cfg.data_on_device else torch.Tensor.pin_memory
+        sets = [s if s is None else s.apply(move) for s in sets]
     return classes, sets[0], sets[1], sets[2], sets[3]
 
 
@@ -278,11 +279,6 @@ def joint_batches(labeled: SegmentationSet, pseudo: SegmentationSet, counts: lis
         yield torch.cat([images, pseudo_images]), torch.cat([labels, pseudo_targets])
 
 
-def loss_fn(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
-    """Cross-entropy over the pixels that are not ignore; against distributions where targets are soft."""
-    return cross_entropy(logits, target, ignore_index)
-
-
 # ----------------------------------------------------------------------------- models
 
 def build(classes: ClassTable, cfg: Config, pretrained: bool = False) -> nn.Module:
@@ -316,10 +312,11 @@ def trained_model(candidate: Candidate, classes: ClassTable, cfg: Config, rt: Ru
 def train(model: nn.Module, phase: str, iteration: int, batches: Any, steps: int, epochs: int, lr: float,
           best: Best, val: SegmentationSet, classes: ClassTable, cfg: Config, rt: Runtime, run: Run,
           mean_teacher: MeanTeacher | None = None) -> dict[str, Any]:
-    """One phase with Adam and a cosine schedule to LR_MIN, validated every EVAL_EACH epochs."""
+    """One phase with Adam and a cosine schedule to LR_MIN, validated every EVAL_EACH epochs. The loss is
+    cross-entropy over the pixels that are not ignore, against distributions where targets are soft."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     return fit(model, phase, iteration, batches, steps, epochs,
-               lambda logits, target: loss_fn(logits, target, classes.ignore_index), optimizer, best,
+               lambda logits, target: cross_entropy(logits, target, classes.ignore_index), optimizer, best,
                lr_min=cfg.lr_min, seed=cfg.seed, validate=lambda m: validate(m, val, classes, cfg, rt),
                eval_each=cfg.eval_each, run=run, rt=rt, compile_model=cfg.compile, mean_teacher=mean_teacher)
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data.segmentation import (IMAGE_SUFFIXES, ClassTable, SegmentationSet, image_files, index_lookup, load_labeled,
-                               load_unlabeled_files, paired_files)
-from utils.errors import UserError
+from data.segmentation import (ClassTable, SegmentationSet, index_lookup, load_labeled, load_unlabeled_folder,
+                               paired_files)
 
 CLASS_NAMES: tuple[str, ...] = (
     "Building", "Tree", "Sky", "Car", "SignSymbol", "Road",
@@ -55,14 +54,7 @@ def load_split(root: str | Path, subset: str, scale: float = 1.0, cache: Path | 
 def load_unlabeled(folder: str | Path, scale: float = 1.0, limit: int = 0,
                    cache: Path | None = None) -> SegmentationSet:
     """Unlabeled frames (at most `limit` when above 0)."""
-    folder = Path(folder)
-    if not folder.is_dir() or not any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()):
-        state = "holds no images (.png/.jpg)" if folder.is_dir() else "does not exist"
-        raise UserError(f"{folder} {state}, but NO_ITER >= 1 with LABELED_FRACTION = 1 pseudo-labels the unlabeled "
-                        f"frames there. Extract them with: python data/extract_frames.py VIDEO --out {folder} "
-                        "(README, 'Preparing CamVid'); or use the split protocol (--labeled_fraction=1/8), or train "
-                        "the teacher alone (--no_iter=0).")
-    paths = image_files(folder, LAYOUT_HINT)
-    return load_unlabeled_files(paths, scale, limit, cache)
-
-
+    hint = (f"NO_ITER >= 1 with LABELED_FRACTION = 1 pseudo-labels the unlabeled frames there. Extract them with: "
+            f"python data/extract_frames.py VIDEO --out {folder} (README, 'Preparing CamVid'); or use the split "
+            "protocol (--labeled_fraction=1/8), or train the teacher alone (--no_iter=0).")
+    return load_unlabeled_folder(Path(folder), hint, scale, limit, cache)

@@ -29,7 +29,6 @@ TRAIN_FILES: tuple[str, ...] = tuple(f"data_batch_{k}" for k in range(1, 6))
 TEST_FILE = "test_batch"
 META_FILE = "batches.meta"
 DOWNLOAD_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-IMAGE_SHAPE = (3, 32, 32)
 ROW_LENGTH = 3 * 32 * 32
 
 
@@ -47,29 +46,27 @@ class CifarData:
 def load_cifar10(root: str | Path, download: bool = True) -> CifarData:
     """Load `root/cifar-10-batches-py/`, downloading it first when allowed and missing."""
     root = Path(root)
-    if _missing_files(root):
+    folder = root / CIFAR_FOLDER
+    files = [folder / name for name in (*TRAIN_FILES, TEST_FILE, META_FILE)]
+    placement = (f"Expected {folder}/data_batch_1 ... data_batch_5, {folder}/test_batch and {folder}/{META_FILE}. "
+                 f"Download {DOWNLOAD_URL} and extract it into {root} (tar -xzf cifar-10-python.tar.gz -C {root}).")
+    if not all(path.is_file() for path in files):
         if not download:
-            raise UserError(f"CIFAR-10 files are missing. {_placement_help(root)}")
+            raise UserError(f"CIFAR-10 files are missing. {placement}")
         try:  # torchvision fetches and extracts the archive into exactly the folder read here
             torchvision.datasets.CIFAR10(str(root), train=True, download=True)
         except Exception as error:  # offline, proxy, checksum or disk errors all need the same fix
-            raise UserError(f"Could not download CIFAR-10 ({error}). {_placement_help(root)}") from error
-        if _missing_files(root):
-            raise UserError(f"The CIFAR-10 download left files missing. {_placement_help(root)}")
-    folder = root / CIFAR_FOLDER
-    train = [_read_batch(folder / name) for name in TRAIN_FILES]
+            raise UserError(f"Could not download CIFAR-10 ({error}). {placement}") from error
+        if not all(path.is_file() for path in files):
+            raise UserError(f"The CIFAR-10 download left files missing. {placement}")
+    train_images, train_labels = zip(*(_read_batch(folder / name) for name in TRAIN_FILES))
     test_images, test_labels = _read_batch(folder / TEST_FILE)
     meta = folder / META_FILE
-    names = _unpickle(meta).get(b"label_names")
+    names = read_pickle(meta).get(b"label_names")
     if not (isinstance(names, list) and len(names) == len(CIFAR_CLASSES)):
         raise UserError(f"{meta}: b'label_names' must list 10 class names; {_refetch_help(meta)}")
-    return CifarData(
-        train_images=torch.from_numpy(np.concatenate([images for images, _ in train])),
-        train_labels=torch.from_numpy(np.concatenate([labels for _, labels in train])),
-        test_images=torch.from_numpy(test_images),
-        test_labels=torch.from_numpy(test_labels),
-        class_names=tuple(name.decode() if isinstance(name, bytes) else str(name) for name in names),
-    )
+    return CifarData(torch.cat(train_images), torch.cat(train_labels), test_images, test_labels,
+                     tuple(name.decode() if isinstance(name, bytes) else str(name) for name in names))
 
 
 def split_labeled(labels: torch.Tensor, fraction: float, balanced: bool,
@@ -104,21 +101,6 @@ def split_labeled(labels: torch.Tensor, fraction: float, balanced: bool,
     return chosen.nonzero().flatten(), (~chosen).nonzero().flatten()
 
 
-def _missing_files(root: Path) -> list[Path]:
-    folder = root / CIFAR_FOLDER
-    names = (*TRAIN_FILES, TEST_FILE, META_FILE)
-    return [folder / name for name in names if not (folder / name).is_file()]
-
-
-def _placement_help(root: Path) -> str:
-    folder = root / CIFAR_FOLDER
-    return (
-        f"Expected {folder}/data_batch_1 ... data_batch_5, {folder}/test_batch and "
-        f"{folder}/{META_FILE}. Download {DOWNLOAD_URL} and extract it into {root} "
-        f"(tar -xzf cifar-10-python.tar.gz -C {root})."
-    )
-
-
 class _CifarUnpickler(pickle.Unpickler):
     """Only what the CIFAR-10 format holds (dicts, lists, bytes, str, ints and numpy arrays): a pickle that
     asks for anything else could run code, and is refused."""
@@ -135,15 +117,11 @@ class _CifarUnpickler(pickle.Unpickler):
         return self.allowed[(module, name)]
 
 
-def read_pickle(path: Path) -> Any:
+def read_pickle(path: Path) -> dict[bytes, Any]:
     """A CIFAR-10 pickle, as the original Python 2 files must be read (keys come back as bytes)."""
-    with open(path, "rb") as f:
-        return _CifarUnpickler(f, encoding="bytes").load()
-
-
-def _unpickle(path: Path) -> dict[bytes, Any]:
     try:
-        entry = read_pickle(path)
+        with open(path, "rb") as f:
+            entry = _CifarUnpickler(f, encoding="bytes").load()
     except OSError as error:
         raise UserError(f"{path} cannot be read ({error.strerror or error}); {_refetch_help(path)}") from error
     except Exception as error:  # a damaged pickle fails in many ways (overflow, memory, unknown opcodes)
@@ -158,12 +136,11 @@ def _refetch_help(path: Path) -> str:
     return f"replace it with the one in {DOWNLOAD_URL} (extract the archive into {path.parent.parent})"
 
 
-def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """One batch as uint8 (N, 3, 32, 32) images and int64 labels, checked before use."""
-    entry = _unpickle(path)
+    entry = read_pickle(path)
     data = entry.get(b"data")
-    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8
-            and data.ndim == 2 and data.shape[1] == ROW_LENGTH):
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == ROW_LENGTH):
         found = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise UserError(f"{path}: b'data' must be a uint8 array of shape (N, {ROW_LENGTH}), found {found}; "
                         f"{_refetch_help(path)}")
@@ -175,4 +152,4 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise problem from error
     if labels.shape != (count,) or (count and not 0 <= labels.min() <= labels.max() <= 9):
         raise problem
-    return data.reshape(-1, *IMAGE_SHAPE), labels
+    return torch.from_numpy(data.reshape(-1, 3, 32, 32)), torch.from_numpy(labels)

@@ -48,9 +48,8 @@ def files(root: Path, subset: str) -> tuple[list[Path], list[Path]]:
               for path in images]
     missing = [path for path in labels if not path.is_file()]
     if missing:
-        shown = ", ".join(str(path) for path in missing[:3])
-        raise UserError(f"{len(missing)} of the {len(images)} {subset} images have no label: {shown}"
-                        f"{', ...' if len(missing) > 3 else ''}. {LAYOUT}.")
+        raise UserError(f"{len(missing)} of the {len(images)} {subset} images have no label: "
+                        f"{', '.join(map(str, missing[:3]))}{', ...' if len(missing) > 3 else ''}. {LAYOUT}.")
     return images, labels
 
 

@@ -19,12 +19,11 @@ if __package__ in (None, ""):  # run as `python data/extract_frames.py`: make th
 from utils.io import write_png  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "camvid" / "unlabeled" / "train"
-TEST_SEQUENCES = ("0001TP", "05VD")  # the test split's sequences (0001TP, Seq05VD)
 
 
 def leaks_test_frames(sequence: str) -> bool:
-    """True for the sequences the test split was drawn from."""
-    return any(tag in sequence.upper() for tag in TEST_SEQUENCES)
+    """True for the sequences the test split was drawn from (0001TP, Seq05VD)."""
+    return any(tag in sequence.upper() for tag in ("0001TP", "05VD"))
 
 
 def extract(video: Path, out: Path, every: int, max_frames: int | None = None) -> int:
@@ -46,15 +45,13 @@ def extract(video: Path, out: Path, every: int, max_frames: int | None = None) -
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         saved = 0
-        with tqdm(container.decode(stream), total=stream.frames or None, desc=video.stem,
-                  unit="frame") as frames:
+        with tqdm(container.decode(stream), total=stream.frames or None, desc=video.stem, unit="frame") as frames:
             for number, frame in enumerate(frames):
-                if number % every:
-                    continue
-                write_png(out / f"{video.stem}_f{number:05d}.png", frame.to_ndarray(format="rgb24"))
-                saved += 1
-                if saved == max_frames:
-                    break
+                if number % every == 0:
+                    write_png(out / f"{video.stem}_f{number:05d}.png", frame.to_ndarray(format="rgb24"))
+                    saved += 1
+                    if saved == max_frames:
+                        break
     return saved
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from data.segmentation import ClassTable, SegmentationSet, image_files, index_lookup, load_unlabeled_files, paired_files
+from data.segmentation import ClassTable, SegmentationSet, index_lookup, load_unlabeled_folder, paired_files
 from utils.errors import UserError
 
 IMAGENET = ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
@@ -80,7 +80,4 @@ def load_unlabeled(root: str | Path, scale: float = 1.0, limit: int = 0,
                    cache: Path | None = None) -> SegmentationSet | None:
     """The images of unlabeled/, or None without that folder."""
     folder = Path(root) / "unlabeled"
-    if not folder.is_dir():
-        return None
-    paths = image_files(folder, HINT)
-    return load_unlabeled_files(paths, scale, limit, cache)
+    return load_unlabeled_folder(folder, HINT, scale, limit, cache) if folder.is_dir() else None

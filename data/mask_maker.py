@@ -83,8 +83,7 @@ def _lookup_table(eleven_only: bool) -> np.ndarray:
     else:
         palette = {rgb: class_index(target) for rgb, target in ORIGINAL_CLASSES.values()}
     table = np.full(1 << 24, _UNKNOWN, dtype=np.uint8)
-    for colour, index in palette.items():
-        table[_pack(np.array(colour, dtype=np.uint8))] = index
+    table[_pack(np.array(list(palette), dtype=np.uint8))] = list(palette.values())
     return table
 
 
@@ -97,10 +96,8 @@ def colour_to_index(rgb: np.ndarray, eleven_only: bool = False) -> tuple[np.ndar
         raise ValueError(f"expected an (H, W, 3) uint8 colour mask, got {rgb.shape} {rgb.dtype}")
     index = _lookup_table(eleven_only)[_pack(rgb)]
     unknown = index == _UNKNOWN
-    count = int(np.count_nonzero(unknown))
-    if count:
-        index[unknown] = IGNORE_INDEX
-    return index, count
+    index[unknown] = IGNORE_INDEX
+    return index, int(np.count_nonzero(unknown))
 
 
 def index_to_colour(index: np.ndarray) -> np.ndarray:
@@ -117,10 +114,8 @@ def pair_labels(src_dir: Path) -> dict[str, Path]:
     for path in sorted(src_dir.glob("*.png")):
         name = f"{path.stem.removesuffix('_L')}.png"
         if name in pairs:
-            raise SystemExit(
-                f"{pairs[name].name} and {path.name} in {src_dir} would both be written "
-                f"as {name}; keep only one of them."
-            )
+            raise SystemExit(f"{pairs[name].name} and {path.name} in {src_dir} would both be written as {name}; "
+                             "keep only one of them.")
         pairs[name] = path
     return pairs
 
@@ -143,18 +138,15 @@ def convert_file(src: Path, dst: Path, eleven_only: bool = False) -> int:
 
 
 def run_in_threads(tasks: dict[Path, Callable[[], int]], workers: int, desc: str, unit: str) -> dict[Path, int]:
-    """Source file -> the unknown-pixel count its task returns. Threads overlap PNG decoding and encoding,
-    which release the GIL and dominate the cost."""
+    """Source file -> the unknown-pixel count its task returns; each file that had colours outside the palette
+    is reported, so bad files can be found. Threads overlap PNG decoding and encoding, which release the GIL
+    and dominate the cost."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
         counts = list(tqdm(pool.map(lambda task: task(), tasks.values()), total=len(tasks), desc=desc, unit=unit))
-    return dict(zip(tasks, counts))
-
-
-def report_unknown(counts: dict[Path, int]) -> None:
-    """One line per file that had colours outside the palette, so bad files can be found."""
-    for path, count in counts.items():
+    for path, count in zip(tasks, counts):
         if count:
             tqdm.write(f"{path}: {count} pixels of unknown colour mapped to Void", file=sys.stderr)
+    return dict(zip(tasks, counts))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -174,9 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         if not pairs:
             raise SystemExit(f"mask_maker: no .png masks in {src}; check the --src folder.")
         tasks = {path: partial(convert_file, path, out / name, args.eleven_only) for name, path in pairs.items()}
-        folder_counts = run_in_threads(tasks, args.workers, f"masks {src.name}", "mask")
-        report_unknown(folder_counts)
-        counts.update(folder_counts)
+        counts.update(run_in_threads(tasks, args.workers, f"masks {src.name}", "mask"))
     bad = sum(1 for count in counts.values() if count)
     print(f"converted {len(counts)} masks; {bad} had colours outside the palette "
           f"({sum(counts.values())} pixels mapped to Void)")

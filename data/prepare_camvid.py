@@ -24,13 +24,12 @@ if __package__ in (None, ""):  # run as `python data/prepare_camvid.py`: make th
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.camvid import IGNORE_INDEX  # noqa: E402
-from data.mask_maker import class_index, convert_file, pair_labels, report_unknown, run_in_threads  # noqa: E402
+from data.mask_maker import class_index, convert_file, pair_labels, run_in_threads  # noqa: E402
 from utils.io import atomic_open, write_png  # noqa: E402
 
 SUBSETS = ("train", "val", "test")
 DEFAULT_SPLITS = Path(__file__).resolve().parent / "splits"
 DEFAULT_OUT = Path(__file__).resolve().parent / "camvid"
-SHOWN_NAMES = 10  # file names listed in an error before "..."
 
 # Class of each index in the SegNet release's labels.
 SEGNET_ORDER = (
@@ -47,8 +46,7 @@ def read_split(path: Path) -> list[str]:
     if not path.is_file():
         raise SystemExit(f"prepare_camvid: split list {path} not found; give --splits the folder "
                          f"holding {', '.join(s + '.txt' for s in SUBSETS)}.")
-    lines = path.read_text().splitlines()
-    return [Path(line.split()[0]).name for line in lines if line.strip()]
+    return [Path(line.split()[0]).name for line in path.read_text().splitlines() if line.strip()]
 
 
 def load_splits(folder: Path) -> dict[str, list[str]]:
@@ -65,25 +63,25 @@ def load_splits(folder: Path) -> dict[str, list[str]]:
 
 
 def _listing(names: list[str]) -> str:
-    """Count and the first names: enough to find the problem without flooding the terminal."""
-    shown = ", ".join(names[:SHOWN_NAMES])
-    return f"{len(names)} ({shown}{', ...' if len(names) > SHOWN_NAMES else ''})"
+    """Count and the first ten names: enough to find the problem without flooding the terminal."""
+    return f"{len(names)} ({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})"
 
 
-def check_names(expected: Iterable[str], found: Iterable[str], where: Path, what: str) -> None:
-    """Stop with the missing and extra names when a folder does not hold exactly the split."""
-    expected, found = set(expected), set(found)
-    missing, extra = sorted(expected - found), sorted(found - expected)
-    if not missing and not extra:
-        return
+def check_names(expected: Iterable[str], found: dict[str, Path], where: Path, what: str) -> dict[str, Path]:
+    """`found` (name -> file of the folder `where`); stops with the missing and extra names when the folder does
+    not hold exactly the split."""
+    expected = set(expected)
+    missing, extra = sorted(expected - set(found)), sorted(set(found) - expected)
     problems = []
     if missing:
         problems.append(f"missing {what} {_listing(missing)}")
     if extra:
         problems.append(f"extra {what} not in the split lists {_listing(extra)}")
-    raise SystemExit(f"prepare_camvid: {where} has {len(found)} {what}, the split lists expect "
-                     f"{len(expected)}: {'; '.join(problems)}. Use the complete CamVid release, "
-                     f"or give --splits lists that match the folder.")
+    if problems:
+        raise SystemExit(f"prepare_camvid: {where} has {len(found)} {what}, the split lists expect "
+                         f"{len(expected)}: {'; '.join(problems)}. Use the complete CamVid release, "
+                         f"or give --splits lists that match the folder.")
+    return found
 
 
 def index_folder(folder: Path) -> dict[str, Path]:
@@ -116,31 +114,6 @@ def remap_segnet_label(src: Path, dst: Path) -> int:
     return int(np.count_nonzero(label >= len(SEGNET_ORDER)))
 
 
-def official_files(images: Path, labels: Path,
-                   splits: dict[str, list[str]]) -> tuple[dict[str, Path], dict[str, Path]]:
-    """Image name -> image file, and -> `_L` mask, of the official download: one folder each for all subsets."""
-    image_files = index_folder(images)
-    label_files = pair_labels(labels)
-    wanted = [name for names in splits.values() for name in names]
-    check_names(wanted, image_files, images, "images")
-    check_names(wanted, label_files, labels, "labels (shown by image name)")
-    return image_files, label_files
-
-
-def segnet_files(segnet: Path, splits: dict[str, list[str]]) -> tuple[dict[str, Path], dict[str, Path]]:
-    """Image name -> image file, and -> label, of the SegNet release: folders `<subset>` and `<subset>annot`."""
-    image_files: dict[str, Path] = {}
-    label_files: dict[str, Path] = {}
-    for subset, names in splits.items():
-        subset_images = index_folder(segnet / subset)
-        subset_labels = index_folder(segnet / f"{subset}annot")
-        check_names(names, subset_images, segnet / subset, "images")
-        check_names(names, subset_labels, segnet / f"{subset}annot", "labels")
-        image_files.update(subset_images)
-        label_files.update(subset_labels)
-    return image_files, label_files
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=Path, help="official download: folder of the 701 images")
@@ -161,10 +134,17 @@ def main(argv: list[str] | None = None) -> None:
     staging = args.out.parent / f".{args.out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        if official:
-            image_files, label_files = official_files(args.images, args.labels, splits)
-        else:
-            image_files, label_files = segnet_files(args.segnet, splits)
+        # Image name -> image file, and -> label file (the official `_L` mask, or SegNet's index label).
+        if official:  # one folder each for all subsets
+            wanted = [name for names in splits.values() for name in names]
+            image_files = check_names(wanted, index_folder(args.images), args.images, "images")
+            label_files = check_names(wanted, pair_labels(args.labels), args.labels, "labels (shown by image name)")
+        else:  # folders <subset> and <subset>annot
+            image_files, label_files = {}, {}
+            for subset, names in splits.items():
+                for files, folder, what in ((image_files, args.segnet / subset, "images"),
+                                            (label_files, args.segnet / f"{subset}annot", "labels")):
+                    files.update(check_names(names, index_folder(folder), folder, what))
         write_label = convert_file if official else remap_segnet_label
         tasks: dict[Path, Callable[[], int]] = {}
         for subset, names in splits.items():
@@ -178,7 +158,6 @@ def main(argv: list[str] | None = None) -> None:
             os.replace(path, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    report_unknown(counts)
     sizes = ", ".join(f"{subset} {len(names)}" for subset, names in splits.items())
     bad = sum(1 for count in counts.values() if count)
     print(f"prepared {sizes} image/label pairs in {args.out}; {bad} labels had pixels outside the "

@@ -1,9 +1,7 @@
-"""What every segmentation data set shares: its class table, images and labels decoded once into
-uint8 tensors, and the split protocol of semi-supervised segmentation.
-
-Images are decoded once, in threads (PIL releases the GIL), into one (N,3,H,W) uint8 tensor that batches
-index on the CPU or GPU. Labels become class indices 0..C-1 with C for ignore through each data set's
-lookup of its file values. Bad input is reported here, with the file and the fix, before training starts.
+"""What every segmentation data set shares: its class table, the split protocol of semi-supervised segmentation,
+and images and labels decoded once, in threads (PIL releases the GIL), into uint8 tensors that batches index on the
+CPU or GPU. Labels become class indices 0..C-1 (C: ignore) through each data set's lookup of its file values. Bad
+input is reported here, with the file and the fix, before training starts.
 """
 from __future__ import annotations
 
@@ -46,9 +44,7 @@ class ClassTable:
     def num_classes(self) -> int:
         return len(self.names)
 
-    @property
-    def ignore_index(self) -> int:
-        return len(self.names)
+    ignore_index = num_classes  # ignore is the index after the classes
 
     @property
     def legend(self) -> tuple[tuple[str, tuple[int, int, int]], ...]:
@@ -77,24 +73,19 @@ class SegmentationSet:
     def __len__(self) -> int:
         return len(self.names)
 
+    def apply(self, function: Callable[[torch.Tensor], torch.Tensor],
+              names: list[str] | None = None) -> "SegmentationSet":
+        """`function` of the images and labels (to a device, into pinned memory, a selection), with `names`."""
+        labels = None if self.labels is None else function(self.labels)
+        return SegmentationSet(function(self.images), labels, self.names if names is None else names, self.source_size)
+
     def subset(self, indices: Sequence[int]) -> "SegmentationSet":
         index = torch.as_tensor(list(indices), dtype=torch.long)
-        labels = None if self.labels is None else self.labels[index.to(self.labels.device)]
-        return SegmentationSet(self.images[index.to(self.images.device)], labels, [self.names[i] for i in index],
-                               self.source_size)
+        return self.apply(lambda tensor: tensor[index.to(tensor.device)], [self.names[i] for i in index])
 
     def named(self, names: Sequence[str]) -> "SegmentationSet":
         position = {name: i for i, name in enumerate(self.names)}
         return self.subset([position[name] for name in names])
-
-    def to(self, device: torch.device | str) -> "SegmentationSet":
-        labels = None if self.labels is None else self.labels.to(device)
-        return SegmentationSet(self.images.to(device), labels, self.names, self.source_size)
-
-    def pin_memory(self) -> "SegmentationSet":
-        """Page-locked host memory: batches then reach the GPU by asynchronous copies."""
-        labels = None if self.labels is None else self.labels.pin_memory()
-        return SegmentationSet(self.images.pin_memory(), labels, self.names, self.source_size)
 
 
 def image_files(folder: Path, hint: str = "Check DATA_ROOT, or try the synthetic demo with --demo.") -> list[Path]:
@@ -123,12 +114,11 @@ def paired_files(image_dir: Path, label_dir: Path, hint: str) -> tuple[list[Path
         raise UserError(f"{lonely_images[0]} has no label in {label_dir} ({len(lonely_images)} images without "
                         "labels). Every image needs an index mask of the same name; data/mask_maker.py makes "
                         "them from colour masks.")
-    image_stems = {p.stem for p in images}
-    lonely_labels = [p for p in labels if p.stem not in image_stems]
-    if lonely_labels:
-        raise UserError(f"{lonely_labels[0]} has no image in {image_dir} ({len(lonely_labels)} labels without "
+    paired = [by_stem.pop(p.stem) for p in images]
+    if by_stem:  # the labels left over
+        raise UserError(f"{next(iter(by_stem.values()))} has no image in {image_dir} ({len(by_stem)} labels without "
                         "images). Remove it or add the image.")
-    return images, [by_stem[p.stem] for p in images]
+    return images, paired
 
 
 def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
@@ -259,15 +249,14 @@ def load_labeled(image_paths: Sequence[Path], label_paths: Sequence[Path], looku
     return SegmentationSet(images, labels, list(names or [p.stem for p in image_paths]), image_size(image_paths[0]))
 
 
-def load_unlabeled_files(paths: Sequence[Path], scale: float, limit: int = 0,
-                         cache: Path | None = None) -> SegmentationSet:
-    """Images without labels; `limit` > 0 keeps the first `limit` (sorted by name) for quick runs."""
-    paths = paths[:limit] if limit > 0 else paths
+def load_unlabeled_folder(folder: Path, hint: str, scale: float, limit: int = 0,
+                          cache: Path | None = None) -> SegmentationSet:
+    """The images of `folder`, without labels; `limit` > 0 keeps the first `limit` (sorted by name) for quick runs."""
+    paths = image_files(folder, hint)[: limit if limit > 0 else None]
     return SegmentationSet(load_images(paths, scale, cache), None, [p.stem for p in paths], image_size(paths[0]))
 
 
-def split_names(names: list[str], fraction: float, seed: int,
-                by_sequence: bool = False) -> tuple[list[str], list[str]]:
+def split_names(names: list[str], fraction: float, seed: int, by_sequence: bool = False) -> tuple[list[str], list[str]]:
     """The split protocol: a seeded `fraction` of the train images keeps its labels, the rest does not.
     `by_sequence` draws from every group (`sequence_of`) in proportion to its share of train: CamVid's train
     images come from three sequences, one of which (0016E5) is also all of val; a plain draw of 23 images can
@@ -293,21 +282,16 @@ def sequence_of(name: str) -> str:
 def _stratified_choice(groups: list[str], count: int, generator: torch.Generator) -> set[int]:
     """`count` indices, each group given its proportional quota (largest remainders take the seats
     left over, ties in random order), its members drawn at random."""
-    members: dict[str, list[int]] = {}
-    for index, group in enumerate(groups):
-        members.setdefault(group, []).append(index)
-    keys = sorted(members)
+    keys = sorted(set(groups))
+    members = {key: [index for index, group in enumerate(groups) if group == key] for key in keys}
     exact = [count * len(members[key]) / len(groups) for key in keys]
     quotas = [int(share) for share in exact]
     tie_order = torch.randperm(len(keys), generator=generator).tolist()
     by_remainder = sorted(range(len(keys)), key=lambda k: (quotas[k] - exact[k], tie_order[k]))
     for k in by_remainder[: count - sum(quotas)]:
         quotas[k] += 1
-    chosen: set[int] = set()
-    for key, quota in zip(keys, quotas):
-        order = torch.randperm(len(members[key]), generator=generator)[:quota].tolist()
-        chosen.update(members[key][i] for i in order)
-    return chosen
+    return {members[key][i] for key, quota in zip(keys, quotas)
+            for i in torch.randperm(len(members[key]), generator=generator)[:quota].tolist()}
 
 
 def read_split_file(path: str | Path, names: list[str]) -> tuple[list[str], list[str]]:

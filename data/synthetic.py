@@ -7,17 +7,16 @@ interrupted one be made again.
 """
 from __future__ import annotations
 
-import json
 import pickle
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 
 from data.camvid import IGNORE_INDEX
 from data.cifar import CIFAR_CLASSES, CIFAR_FOLDER, META_FILE, TEST_FILE, TRAIN_FILES, read_pickle
 from utils.errors import UserError
-from utils.io import atomic_open, write_json, write_png
+from utils.io import atomic_open, read_json, write_json, write_png
 
 MARKER = ".complete"
 VERSION = 3  # bumped whenever the drawing changes, so that sets on disk are made again
@@ -28,13 +27,6 @@ BUILDING, TREE, SKY, CAR, SIGN, ROAD, PEDESTRIAN, FENCE, POLE, SIDEWALK, BICYCLI
 PALETTE = np.array([[150, 95, 75], [65, 115, 50], [150, 170, 200], [170, 45, 50], [225, 205, 60], [95, 95, 100],
                     [195, 125, 95], [135, 100, 70], [120, 120, 130], [165, 160, 150], [50, 80, 170],
                     [200, 60, 200]], np.float32)  # the last is Void's
-
-
-def _marker_matches(marker: Path, params: dict[str, Any]) -> bool:
-    try:
-        return json.loads(marker.read_text()) == params
-    except (OSError, ValueError):
-        return False
 
 
 def make_street_scenes(root: str | Path, counts: Mapping[str, int] | None = None, unlabeled: int = 24,
@@ -53,7 +45,7 @@ def make_street_scenes(root: str | Path, counts: Mapping[str, int] | None = None
     root = Path(root)
     params = {"kind": "street_scenes", "version": VERSION, "counts": counts, "unlabeled": unlabeled,
               "size": list(size), "seed": seed}
-    if _marker_matches(root / MARKER, params):
+    if read_json(root / MARKER) == params:
         return root
     (root / MARKER).unlink(missing_ok=True)  # first: an interrupted set is never taken for a finished one
     for folder in ("train", "val", "test", "train_labels", "val_labels", "test_labels", "unlabeled/train"):
@@ -162,7 +154,7 @@ def make_cifar_like(root: str | Path, n_train: int = 5000, n_test: int = 1000, s
         raise ValueError(f"n_train, n_test and seed must be non-negative, got {(n_train, n_test, seed)}")
     folder = Path(root) / CIFAR_FOLDER
     params = {"kind": "cifar_like", "version": VERSION, "n_train": n_train, "n_test": n_test, "seed": seed}
-    if _marker_matches(folder / MARKER, params):
+    if read_json(folder / MARKER) == params:
         return Path(root)
     first = folder / TRAIN_FILES[0]
     if first.is_file():
@@ -175,24 +167,19 @@ def make_cifar_like(root: str | Path, n_train: int = 5000, n_test: int = 1000, s
                             "them: give the synthetic set an empty folder of its own.")
     (folder / MARKER).unlink(missing_ok=True)
     rows, labels = _cifar_pictures(n_train, np.random.default_rng([seed, STREAMS["train"]]))
-    for k, (part, part_labels) in enumerate(zip(np.array_split(rows, 5), np.array_split(labels, 5))):
-        _write_batch(folder / TRAIN_FILES[k], part, part_labels, f"synthetic training batch {k + 1} of 5")
-    _write_batch(folder / TEST_FILE, *_cifar_pictures(n_test, np.random.default_rng([seed, STREAMS["test"]])),
-                 "synthetic testing batch 1 of 1")
-    _write_pickle(folder / META_FILE, {b"label_names": [name.encode() for name in CIFAR_CLASSES], b"num_vis": 3072})
+    batches = [(TRAIN_FILES[k], f"training batch {k + 1} of 5", part, part_labels)
+               for k, (part, part_labels) in enumerate(zip(np.array_split(rows, 5), np.array_split(labels, 5)))]
+    test = _cifar_pictures(n_test, np.random.default_rng([seed, STREAMS["test"]]))
+    files = {META_FILE: {b"label_names": [name.encode() for name in CIFAR_CLASSES], b"num_vis": 3072}}
+    for name, title, part, part_labels in [*batches, (TEST_FILE, "testing batch 1 of 1", *test)]:
+        names = [f"synthetic_{CIFAR_CLASSES[k]}_{i:06d}.png".encode() for i, k in enumerate(part_labels)]
+        files[name] = {b"batch_label": f"synthetic {title}".encode(), b"labels": [int(k) for k in part_labels],
+                       b"data": part, b"filenames": names}
+    for name, content in files.items():
+        with atomic_open(folder / name, "wb") as f:
+            pickle.dump(content, f, protocol=2)
     write_json(folder / MARKER, params)
     return Path(root)
-
-
-def _write_pickle(path: Path, obj: Any) -> None:
-    with atomic_open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=2)
-
-
-def _write_batch(path: Path, rows: np.ndarray, labels: np.ndarray, title: str) -> None:
-    names = [f"synthetic_{CIFAR_CLASSES[k]}_{i:06d}.png".encode() for i, k in enumerate(labels)]
-    _write_pickle(path, {b"batch_label": title.encode(), b"labels": [int(k) for k in labels], b"data": rows,
-                         b"filenames": names})
 
 
 def _cifar_pictures(count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -79,16 +79,14 @@ def photometric(images: torch.Tensor, generator: torch.Generator, strength: floa
     dev = x.device
     view = (b, 1, 1, 1)
     jitter = _coin(b, 0.8, generator)
-    brightness = torch.where(jitter, _uniform(b, 1 - strength, 1 + strength, generator), 1.0).to(dev)
-    contrast = torch.where(jitter, _uniform(b, 1 - strength, 1 + strength, generator), 1.0).to(dev)
-    saturation = torch.where(jitter, _uniform(b, 1 - strength, 1 + strength, generator), 1.0).to(dev)
-    x = x * brightness.view(view)
+    factors = [torch.where(jitter, _uniform(b, 1 - strength, 1 + strength, generator), 1.0) for _ in range(3)]
+    brightness, contrast, saturation = (factor.to(dev).view(view) for factor in factors)
+    x = x * brightness
     gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
-    x = (x - gray.mean((2, 3), keepdim=True)) * contrast.view(view) + gray.mean((2, 3), keepdim=True)
+    x = (x - gray.mean((2, 3), keepdim=True)) * contrast + gray.mean((2, 3), keepdim=True)
     gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
-    x = gray + (x - gray) * saturation.view(view)
-    to_gray = _coin(b, 0.2, generator).to(dev).view(view)
-    x = torch.where(to_gray, gray.expand_as(x), x)
+    x = gray + (x - gray) * saturation
+    x = torch.where(_coin(b, 0.2, generator).to(dev).view(view), gray.expand_as(x), x)  # to grayscale
     kernel = torch.full((3, 1, 5, 5), 1 / 25, device=dev, dtype=x.dtype)  # a 5x5 box blur
     blurred = F.conv2d(F.pad(x, [2] * 4, mode="replicate"), kernel, groups=3)
     x = torch.where(_coin(b, 0.5, generator).to(dev).view(view), blurred, x)

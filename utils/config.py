@@ -29,16 +29,14 @@ def constants_of(namespace: Mapping[str, Any]) -> dict[str, Any]:
             if k.isupper() and not k.startswith("_") and isinstance(v, (bool, int, float, str, list))}
 
 
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
 def parse_value(name: str, text: str, default: Any) -> Any:
     """`text` as the type of `default`; a clear error naming the constant when it does not parse."""
     try:
         if isinstance(default, bool):
-            lowered = text.lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
+            return _BOOLEANS[text.lower()]
         if isinstance(default, int):
             return int(text)
         if isinstance(default, float):
@@ -48,7 +46,7 @@ def parse_value(name: str, text: str, default: Any) -> Any:
             kind = type(default[0]) if default else str
             return [parse_value(name, str(item), kind()) for item in items]
         return text
-    except (ValueError, ZeroDivisionError, json.JSONDecodeError):
+    except (KeyError, ValueError, ZeroDivisionError, json.JSONDecodeError):
         kind = type(default).__name__
         article = "an" if kind[0] in "aeiou" else "a"
         raise UserError(f"--{name}={text}: expected {article} {kind} like the default "
@@ -61,10 +59,9 @@ def configure(namespace: Mapping[str, Any], argv: Sequence[str],
     defaults = constants_of(namespace)
     cfg = Config(defaults)
     overrides: dict[str, str] = {}
-    demo = False
+    demo = "--demo" in argv
     for arg in argv:
         if arg == "--demo":
-            demo = True
             continue
         if arg in ("-h", "--help"):
             print("Override any constant as --name=value; --demo runs on generated data. Constants and defaults:",
@@ -108,12 +105,8 @@ LOOP_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "batch_size": (lambda v: v >= 2, "the batch of all processes together, at least 2 (BatchNorm needs two)"),
     "eval_batch_size": (lambda v: v >= 1, "images per evaluation batch, at least 1"),
     "eval_each": (lambda v: v >= 1, "validate every this many epochs, at least 1"),
-    "teacher_epochs": (lambda v: v >= 1, "at least 1"),
-    "pseudo_epochs": (lambda v: v >= 1, "at least 1"),
-    "finetune_epochs": (lambda v: v >= 1, "at least 1"),
-    "teacher_lr": (_rate, "a learning rate, 0 or more"),
-    "pseudo_lr": (_rate, "a learning rate, 0 or more"),
-    "finetune_lr": (_rate, "a learning rate, 0 or more"),
+    **{f"{phase}_epochs": (lambda v: v >= 1, "at least 1") for phase in ("teacher", "pseudo", "finetune")},
+    **{f"{phase}_lr": (_rate, "a learning rate, 0 or more") for phase in ("teacher", "pseudo", "finetune")},
     "lr_min": (_rate, "the rate the cosine schedule ends at, 0 or more"),
     "weight_decay": (_rate, "0 or more"),
     "no_iter": (lambda v: v >= 0, "the number of pseudo-labeling iterations, 0 (the teacher alone) or more"),

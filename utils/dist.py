@@ -87,8 +87,6 @@ def resolve_device(name: str) -> torch.device:
 def setup(device_name: str) -> Runtime:
     """Joins torchrun's process group when launched by torchrun; sets fast CUDA and CPU defaults."""
     device = resolve_device(device_name)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     if device.type == "cpu":
         # Weights that stop getting gradients decay into subnormal floats, on which x86 arithmetic is many
         # times slower (late CPU epochs took three times as long); they are below 1.2e-38, so flush them to zero.
@@ -103,7 +101,7 @@ def setup(device_name: str) -> Runtime:
     launched = "WORLD_SIZE" in os.environ  # torchrun sets it, also for one process
     if launched and not td.is_initialized():
         td.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Runtime(device, rank, world, distributed=launched)
+    return Runtime(device, int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), launched)
 
 
 def teardown() -> None:

@@ -1,7 +1,6 @@
-"""Training and evaluation mechanics shared by both experiments: the loss, shuffled batches, an
-epoch, a phase with resume and best checkpoint (`fit`), evaluation and batched prediction.
-What a phase trains on (its batches, targets and loss) is decided by the entry scripts and passed in.
-"""
+"""Training and evaluation mechanics shared by both experiments: the loss, shuffled batches, an epoch, a phase
+with resume and best checkpoint (`fit`), evaluation and batched prediction. What a phase trains on (its batches,
+targets and loss) is decided by the entry scripts and passed in."""
 from __future__ import annotations
 
 import math
@@ -32,15 +31,10 @@ class TrainingDiverged(UserError):
     pass
 
 
-class NonFiniteLogits(UserError):
-    pass
-
-
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """Mean over the pixels (or samples) that are not ignored; 0, not PyTorch's NaN, when a batch is all
     ignored, which a high pseudo-label threshold makes likely. `target` holds class indices, or class
-    distributions shaped like `logits` (PSEUDO_SOFT), where an all-zero distribution is the ignored pixel.
-    """
+    distributions shaped like `logits` (PSEUDO_SOFT), where an all-zero distribution is the ignored pixel."""
     if target.is_floating_point():
         total = F.cross_entropy(logits.float(), target, reduction="sum")
         return total / target.sum().clamp(min=1)
@@ -51,8 +45,7 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int 
 def endless_batches(n: int, batch_size: int, generator: torch.Generator, rt: Runtime) -> Iterator[torch.Tensor]:
     """This process's share (about batch_size / world indices) of one batch after another, a new shuffle
     at the end of each pass, so a small set can be cycled beside a large one. The last incomplete batch
-    is dropped (BatchNorm dislikes tiny batches); a set smaller than one batch gives one batch of all of it.
-    """
+    is dropped (BatchNorm dislikes tiny batches); a set smaller than one batch gives one batch of all of it."""
     batch_size = min(batch_size, n)
     steps = n // batch_size
     while True:
@@ -117,7 +110,6 @@ def predict_probs(model: nn.Module, images: torch.Tensor, rt: Runtime, scales: S
     images = images.to(rt.device, non_blocking=True)
     size = images.shape[-2:]
     total = None
-    views = 0
     for scale in scales:
         scaled = images.float() if scale == 1 else F.interpolate(images.float(), scale_factor=scale,
                                                                   mode="bilinear", align_corners=False)
@@ -130,8 +122,7 @@ def predict_probs(model: nn.Module, images: torch.Tensor, rt: Runtime, scales: S
                     logits = F.interpolate(logits, size, mode="bilinear", align_corners=False)
             probs = logits.softmax(1)
             total = probs if total is None else total + probs
-            views += 1
-    return total / views
+    return total / (len(scales) * (2 if flip else 1))
 
 
 @torch.inference_mode()
@@ -149,7 +140,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_c
         all_finite &= logits.isfinite().all()
         cm.update(labels[start : start + batch_size].to(rt.device, non_blocking=True), logits.argmax(1))
     if not all_finite:
-        raise NonFiniteLogits("The model's logits are NaN or infinite: its weights have diverged.")
+        raise TrainingDiverged("The model's logits are NaN or infinite: its weights have diverged.")
     cm.reduce()
     return cm
 
@@ -211,14 +202,13 @@ def fit(model: nn.Module, phase: str, iteration: int, batches: Callable[[torch.G
         validate: Callable[[nn.Module], tuple[float, dict[str, Any]]], eval_each: int, run: Run, rt: Runtime,
         compile_model: bool = False, mean_teacher: MeanTeacher | None = None,
         monitor: Callable[[nn.Module], dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Trains `model` through one phase of `epochs` epochs of `steps` batches, with a cosine schedule
-    from the optimizer's rate to `lr_min`; resumes the phase if it was interrupted, skips it if done.
+    """Trains `model` through one phase of `epochs` epochs of `steps` batches, with a cosine schedule from the
+    optimizer's rate to `lr_min`; resumes the phase if it was interrupted, skips it if done.
 
-    `batches(generator)` yields an epoch; the generator's state is kept in the resume checkpoint so a
-    resumed phase draws the same crops. The best validation score's weights go to `best.path`; a
-    `mean_teacher` is moved after every step and validated too; `monitor` adds numbers to each
-    evaluation's record. On return `model` holds the final weights. Returns the phase's record.
-    """
+    `batches(generator)` yields an epoch; the generator's state is kept in the resume checkpoint so a resumed phase
+    draws the same crops. The best validation score's weights go to `best.path`; a `mean_teacher` is moved after
+    every step and validated too; `monitor` adds numbers to each evaluation's record. Returns the phase's record,
+    with the final weights in `model`."""
     last_path = run.folder / f"last_{phase}.pth.tar"
     finished = run.progress.get(phase)
     if finished is not None:
@@ -247,8 +237,12 @@ def fit(model: nn.Module, phase: str, iteration: int, batches: Callable[[torch.G
         if mean_teacher is not None:
             mean_teacher.model.load_state_dict(state["mean_teacher"])
     run.forget_epochs_after(phase, start_epoch)  # epochs logged after the resume checkpoint are trained again
-    # What the phase's checkpoints keep beside the model: the teacher that follows it.
-    companions = (lambda: {}) if mean_teacher is None else (lambda: {"mean_teacher": mean_teacher.model.state_dict()})
+
+    def save_last(epoch: int, **fields: Any) -> None:
+        """The phase's checkpoint keeps, beside the model, the mean teacher that follows it."""
+        teacher = {} if mean_teacher is None else {"mean_teacher": mean_teacher.model.state_dict()}
+        save_checkpoint(last_path, phase=phase, iteration=iteration, epoch=epoch, state_dict=model.state_dict(),
+                        **fields, config=dict(run.config), run_id=run.id, **teacher)
 
     train_model = rt.wrap(model)
     if compile_model:
@@ -274,7 +268,7 @@ def fit(model: nn.Module, phase: str, iteration: int, batches: Callable[[torch.G
         if evaluated:
             try:
                 score, details = validate(model)
-            except NonFiniteLogits:
+            except TrainingDiverged:  # evaluate's, which cannot name the phase
                 raise _diverged(phase, epoch, "its logits on the validation images became NaN or infinite",
                                 last_path) from None
             entry.update(score=score, **details, **(monitor(model) if monitor else {}))
@@ -293,11 +287,8 @@ def fit(model: nn.Module, phase: str, iteration: int, batches: Callable[[torch.G
             rng = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
             if torch.cuda.is_available():
                 rng["cuda"] = torch.cuda.get_rng_state_all()
-            save_checkpoint(last_path, phase=phase, iteration=iteration, epoch=epoch,
-                            state_dict=model.state_dict(), optimizer=optimizer.state_dict(),
-                            scheduler=scheduler.state_dict(), rng=rng, loss=loss,
-                            seconds=seconds, best_score=best.score, best_epoch=best.epoch, config=dict(run.config),
-                            run_id=run.id, **companions())
+            save_last(epoch, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=rng, loss=loss,
+                      seconds=seconds, best_score=best.score, best_epoch=best.epoch)
         rt.barrier()
     result = {"best_score": best.score, "best_epoch": best.epoch, "epochs": epochs, "loss": loss,
               "seconds": round(seconds, 3)}
@@ -306,7 +297,6 @@ def fit(model: nn.Module, phase: str, iteration: int, batches: Callable[[torch.G
     if rt.is_main:
         # The optimizer state is only needed to resume inside the phase: keep the final weights alone
         # (and those of the mean teacher, which one may want to evaluate).
-        save_checkpoint(last_path, phase=phase, iteration=iteration, epoch=epochs, state_dict=model.state_dict(),
-                        result=result, config=dict(run.config), run_id=run.id, **companions())
+        save_last(epochs, result=result)
     rt.barrier()
     return result

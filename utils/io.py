@@ -53,19 +53,15 @@ def remove_temporary_files(folder: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-class FolderInUse(Exception):
-    """Its message names the process that holds the folder."""
-
-
 _held: dict[Path, IO] = {}  # the lock files this process holds, open until it exits
 
 
-def lock_folder(folder: Path, holder: str) -> None:
-    """Holds `folder` for the rest of this process (the operating system lets go when it ends, also on a
-    kill); FolderInUse names the holder if another process holds it. Holding it twice is holding it."""
+def lock_folder(folder: Path, holder: str) -> str | None:
+    """Holds `folder` for the rest of this process (the operating system lets go when it ends, also on a kill).
+    Returns None once held (holding it twice is holding it), or the holder that another process wrote."""
     folder = folder.resolve()
     if folder in _held or fcntl is None:
-        return
+        return None
     folder.mkdir(parents=True, exist_ok=True)
     lock = open(folder / ".lock", "a+")
     try:
@@ -74,31 +70,30 @@ def lock_folder(folder: Path, holder: str) -> None:
         lock.seek(0)
         other = lock.read().strip() or "another process"
         lock.close()
-        raise FolderInUse(other) from None
+        return other
     lock.seek(0)
     lock.truncate()
     lock.write(holder + "\n")
     lock.flush()
     _held[folder] = lock
+    return None
 
 
 def read_json(path: Path) -> Any | None:
     """The JSON of `path`; None when it is missing or cannot be read (a damaged file is rebuilt, not trusted)."""
     try:
         return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # ValueError: not JSON, or not even text
         return None
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    with atomic_open(path, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_open(path, "w") as f:
         f.write(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def append_jsonl(path: str | os.PathLike, obj: Any) -> None:

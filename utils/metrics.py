@@ -35,26 +35,22 @@ class ConfusionMatrix:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(self.mat)
 
-    @property
-    def counts(self) -> torch.Tensor:
-        return self.mat.double().cpu()
-
     def iou(self) -> torch.Tensor:
         """Per-class IoU in percent; NaN for a class absent from both truth and prediction."""
-        m = self.counts
+        m = self.mat.double().cpu()
         tp = m.diag()
         return 100 * tp / (m.sum(0) + m.sum(1) - tp)
 
     def recall(self) -> torch.Tensor:
-        m = self.counts
+        m = self.mat.double().cpu()
         return 100 * m.diag() / m.sum(1)
 
     def precision(self) -> torch.Tensor:
-        m = self.counts
+        m = self.mat.double().cpu()
         return 100 * m.diag() / m.sum(0)
 
     def pixel_accuracy(self) -> float:
-        m = self.counts
+        m = self.mat.double().cpu()
         return float(100 * m.diag().sum() / m.sum()) if m.sum() > 0 else float("nan")
 
     accuracy = pixel_accuracy  # classification reads the same number as accuracy
@@ -91,8 +87,10 @@ def _nanmean(values: torch.Tensor) -> float:
     return float(valid.mean()) if valid.numel() else float("nan")
 
 
-def format_number(value: Any) -> str:
-    """Two decimals for a float; '-' for a missing number (None or NaN)."""
+def format_number(value: Any, missing: str = "-") -> str:
+    """Two decimals for a float, yes or no for a bool; `missing` for a missing number (None or NaN)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
+        return missing
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     return f"{value:.2f}" if isinstance(value, float) else str(value)

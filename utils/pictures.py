@@ -51,36 +51,28 @@ def sheet(panels: list[np.ndarray], titles: list[str], classes: Classes) -> np.n
     height, width = panels[0].shape[:2]
     total = len(panels) * (width + GAP) - GAP
     draw_probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    entries = [(name, colour, 12 + int(draw_probe.textlength(name)) + 8) for name, colour in classes]
-    rows, used = 1, 0
-    for *_, length in entries:
-        rows, used = (rows + 1, length) if used + length > total and used else (rows, used + length)
-    picture = Image.new("RGB", (total, HEADER + height + rows * LEGEND_ROW + 2), "white")
+    legend, x, y = [], 0, 0  # (name, colour, x, y below the panels) per class, in rows as wide as the panels
+    for name, colour in classes:
+        length = 12 + int(draw_probe.textlength(name)) + 8
+        if x + length > total and x:
+            x, y = 0, y + LEGEND_ROW
+        legend.append((name, colour, x, y + HEADER + height + 2))
+        x += length
+    picture = Image.new("RGB", (total, HEADER + height + y + LEGEND_ROW + 2), "white")
     draw = ImageDraw.Draw(picture)
     for k, (panel, title) in enumerate(zip(panels, titles)):
         picture.paste(Image.fromarray(panel), (k * (width + GAP), HEADER))
         draw.text((k * (width + GAP) + 2, 1), title, fill="black")
-    x, y = 0, HEADER + height + 2
-    for name, colour, length in entries:
-        if x + length > total and x:
-            x, y = 0, y + LEGEND_ROW
+    for name, colour, x, y in legend:
         draw.rectangle([x, y + 2, x + 9, y + 11], fill=tuple(colour), outline="black")
         draw.text((x + 12, y + 1), name, fill="black")
-        x += length
     return np.asarray(picture)
-
-
-def _check_sizes(images: torch.Tensor, masks: torch.Tensor, names: Sequence[str], what: str) -> None:
-    if masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:] or len(names) != len(images):
-        raise ValueError(f"{what} {tuple(masks.shape)} and {len(names)} names do not fit images "
-                         f"{tuple(images.shape)}: give one (H,W) mask and one name per image, at the images' size.")
 
 
 def prediction_pictures(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, names: Sequence[str],
                         folder: Path, rt: Runtime, classes: Classes) -> list[Path]:
     """Writes `folder/<name>.png` per image: image | ground truth | prediction | errors (red: wrong, grey: Void).
     The model is left in the mode (train or eval) it came in."""
-    _check_sizes(images, labels, names, "labels")
     training = model.training
     predictions = torch.cat([predict_probs(model, batch, rt).argmax(1).cpu() for batch in images.split(8)]).numpy()
     model.train(training)
@@ -99,10 +91,8 @@ def pseudo_label_pictures(images: torch.Tensor, pseudo_labels: torch.Tensor, con
                           names: Sequence[str], folder: Path, classes: Classes) -> list[Path]:
     """Writes `folder/<name>.png` per image: image | pseudo-label | teacher confidence (white: sure; black
     without confidence)."""
-    _check_sizes(images, pseudo_labels, names, "pseudo-labels")
     if confidence is None:
         confidence = torch.zeros(pseudo_labels.shape)
-    _check_sizes(images, confidence, names, "confidence")
     labels = pseudo_labels.detach().cpu().numpy().astype(np.int64)
     grays = np.clip(np.rint(confidence.detach().cpu().float().numpy() * 255), 0, 255).astype(np.uint8)
     paths = []

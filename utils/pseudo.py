@@ -1,10 +1,8 @@
-"""Pseudo-labels: which predictions to keep, the files they are written to, soft targets and the
-mean teacher.
+"""Pseudo-labels: which predictions to keep, the files they are written to, soft targets and the mean teacher.
 
-Segmentation pseudo-labels are class-index PNGs, one per unlabeled frame, at the frame's size on
-disk. Files are written atomically, so after a kill a re-run writes just the missing ones; a
-manifest names the teacher and options that made the folder, and a folder made by another is
-cleared rather than mixed.
+Segmentation pseudo-labels are class-index PNGs, one per unlabeled frame, at the frame's size on disk. Files are
+written atomically, so after a kill a re-run writes just the missing ones; a manifest names the teacher and options
+that made the folder, and a folder made by another is cleared rather than mixed.
 """
 from __future__ import annotations
 

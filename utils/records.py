@@ -28,15 +28,13 @@ from utils.checkpoint import load_checkpoint
 from utils.config import Config, configure, constants_of
 from utils.dist import Runtime, setup
 from utils.errors import UserError
-from utils.io import (FolderInUse, append_jsonl, lock_folder, read_json, remove_temporary_files, write_json,
-                      write_text)
+from utils.io import append_jsonl, lock_folder, read_json, remove_temporary_files, write_json, write_text
 from utils.metrics import format_number
 
-# Settings that may change between a run and its resumption without changing the experiment.
-# PSEUDO_ROOT is only where pseudo-labels are cached (they are remade there), so a run that could
-# not write them can resume with another --pseudo_root. NO_ITER only says how far to go: each
-# iteration depends on the earlier ones alone, so raising it continues a finished run. DATA_CACHE only
-# says where decoded images are kept.
+# Settings that may change between a run and its resumption without changing the experiment. PSEUDO_ROOT is only
+# where pseudo-labels are cached (they are remade there), so a run that could not write them can resume with another
+# --pseudo_root. NO_ITER only says how far to go: each iteration depends on the earlier ones alone, so raising it
+# continues a finished run. DATA_CACHE only says where decoded images are kept.
 NOT_PART_OF_EXPERIMENT = ("run_dir", "resume", "pseudo_root", "no_iter", "data_cache")
 
 
@@ -85,8 +83,7 @@ def choose_run_dir(config: Mapping[str, Any], name: str, base: str = "runs",
     else a new folder."""
     if config["run_dir"]:
         return Path(config["run_dir"])
-    earlier = sorted(Path(base).glob(f"*_{name}"), reverse=True) if config["resume"] else []
-    for folder in earlier:
+    for folder in sorted(Path(base).glob(f"*_{name}"), reverse=True) if config["resume"] else []:
         saved = saved_config(folder)
         if saved is None or differing_settings(saved, config, defaults):
             continue
@@ -99,11 +96,10 @@ def choose_run_dir(config: Mapping[str, Any], name: str, base: str = "runs",
 
 
 class Run:
-    """One run directory. Only the main process writes, and holds the run's folders (RUN_DIR, SAVE_DIR,
-    and those the script adds with `hold`) so that no other process writes there at the same time.
-    Lost state is rebuilt: progress.json from the finished phases' checkpoints, summary.json by testing
-    the finished models again, a damaged config.json from the config the checkpoints keep.
-    """
+    """One run directory. Only the main process writes, and holds the run's folders (RUN_DIR, SAVE_DIR, and those
+    the script adds with `hold`) so that no other process writes there at the same time. Lost state is rebuilt:
+    progress.json from the finished phases' checkpoints, summary.json by testing the finished models again, a
+    damaged config.json from the config the checkpoints keep."""
 
     def __init__(self, folder: Path, config: Mapping[str, Any], writer: bool = True,
                  defaults: Mapping[str, Any] | None = None):
@@ -113,18 +109,35 @@ class Run:
         self.progress_path = folder / "progress.json"
         self.summary_path = folder / "summary.json"
         self.position = "before the first epoch"  # where a Ctrl-C stops the run
+        self._clock: tuple[str, float, float] | None = None  # set by `timed`
         if writer:
             self.hold(folder, "RUN_DIR", "this run is going on there already: wait for it, or give another --run_dir")
         saved = saved_config(folder) if config["resume"] else None
-        differing = differing_settings(saved, self.config, defaults) if saved is not None else []
-        if differing:
+        if saved is not None and (differing := differing_settings(saved, self.config, defaults)):
             details = ", ".join(f"{k}: {saved.get(k)!r} there, {self.config.get(k)!r} now" for k in differing[:6])
             raise UserError(f"{folder} holds a run with another config ({details}). Use another --run_dir, "
                             "or --resume=False to start that run over.")
         if writer:
-            self._prepare_folder()
+            save_dir = self.config.get("save_dir")
+            if save_dir:
+                # Checked before config.json is written, so the fixed command can still resume this run. A save
+                # killed half-way leaves its temporary file, the size of a checkpoint; only this run writes here.
+                self.hold(Path(save_dir), "SAVE_DIR", "runs that overlap need their own --save_dir, or wait for that "
+                                                      "run to finish")
+                remove_temporary_files(Path(save_dir))
+            try:
+                remove_temporary_files(folder)
+                if not config["resume"]:
+                    for stale in ("progress.json", "summary.json", "metrics.jsonl"):
+                        (folder / stale).unlink(missing_ok=True)
+                    for stale in folder.glob("last_*.pth.tar"):
+                        stale.unlink()
+                write_json(folder / "config.json", self.config)
+            except OSError as error:
+                raise UserError(f"Cannot write the run directory {folder} ({error.strerror}). "
+                                "Choose a writable place with --run_dir=PATH.") from error
         progress = read_json(self.progress_path)
-        checkpoints = None
+        checkpoints = {}
         if not (isinstance(progress, dict) and isinstance(progress.get("phases"), dict)):
             checkpoints = dict(_checkpoints(folder))
             progress = {"phases": {phase: c["result"] for phase, c in checkpoints.items() if "result" in c}}
@@ -138,14 +151,13 @@ class Run:
                 self.note(f"{self.summary_path} was missing or damaged: the finished models are tested again to "
                           "rebuild it")
             earlier = {}
-        fresh = {"teacher": {}, "iterations": [], "finished": False}
-        self.summary: dict[str, Any] = earlier if self.progress and "teacher" in earlier else fresh
+        self.summary = earlier if self.progress and "teacher" in earlier else {"teacher": {}, "iterations": []}
         self.summary["finished"] = False  # until this process finishes it: a larger NO_ITER adds iterations
         # Time is spent even when no phase finished: what a killed process spent stays on record.
         self.summary["timings_s"] = dict(earlier.get("timings_s", {}))
         # Marks the best checkpoints this run writes into SAVE_DIR, so a resumed run recognises its own files.
         self.id: str = (earlier.get("run_id") or progress.get("run_id")
-                        or next((c["run_id"] for c in (checkpoints or {}).values() if "run_id" in c), None)
+                        or next((c["run_id"] for c in checkpoints.values() if "run_id" in c), None)
                         or uuid.uuid4().hex[:12])
         self.summary["run_id"] = self.id
         # Every code that worked on this run, also on a phase that had not finished when the run stopped.
@@ -156,10 +168,8 @@ class Run:
             self.save_summary()  # now, so the version and the id are on record even if no phase finishes
             if checkpoints:
                 self._save_progress()
-        self._clock: tuple[str, float, float] | None = None
 
     def note(self, text: str) -> None:
-        """A line for the user about state that was rebuilt."""
         if self.writer:
             tqdm.write(f"note: {text}")
 
@@ -168,32 +178,12 @@ class Run:
         holder = f"the run {self.folder} (process {os.getpid()} on {socket.gethostname()}, since " \
                  f"{datetime.datetime.now().isoformat(timespec='seconds')})"
         try:
-            lock_folder(Path(folder), holder)
-        except FolderInUse as error:
-            raise UserError(f"{constant}={folder} is in use by {error}: {advice}.") from None
+            other = lock_folder(Path(folder), holder)
         except OSError as error:
             raise UserError(f"Cannot write into {constant}={folder} ({error.strerror or error}). Choose a writable "
                             f"place with --{constant.lower()}=PATH.") from error
-
-    def _prepare_folder(self) -> None:
-        save_dir = self.config.get("save_dir")
-        if save_dir:
-            # Checked before config.json is written, so the fixed command can still resume this run. A save
-            # killed half-way leaves its temporary file, the size of a checkpoint; only this run writes here.
-            self.hold(Path(save_dir), "SAVE_DIR", "runs that overlap need their own --save_dir, or wait for "
-                                                  "that run to finish")
-            remove_temporary_files(Path(save_dir))
-        try:
-            remove_temporary_files(self.folder)
-            if not self.config["resume"]:
-                for stale in ("progress.json", "summary.json", "metrics.jsonl"):
-                    (self.folder / stale).unlink(missing_ok=True)
-                for stale in self.folder.glob("last_*.pth.tar"):
-                    stale.unlink()
-            write_json(self.folder / "config.json", self.config)
-        except OSError as error:
-            raise UserError(f"Cannot write the run directory {self.folder} ({error.strerror}). "
-                            "Choose a writable place with --run_dir=PATH.") from error
+        if other is not None:
+            raise UserError(f"{constant}={folder} is in use by {other}: {advice}.")
 
     def _write(self, write: Callable[[Path, Any], None], path: Path, content: Any) -> None:
         try:
@@ -219,7 +209,6 @@ class Run:
         if self.writer:
             self._write(append_jsonl, self.folder / "metrics.jsonl", entry)
         if self._clock is not None:
-            self._record_time()
             self.save_summary()
 
     def forget_epochs_after(self, phase: str, epoch: int) -> None:
@@ -250,15 +239,13 @@ class Run:
             raise UserError(f"Stopped by Ctrl-C in {key} ({self.position}). The same command resumes the run "
                             f"{self.folder} from its last checkpoint.") from None
         finally:
-            self._record_time()
-            self._clock = None
             self.save_summary()
-
-    def _record_time(self) -> None:
-        key, before, began = self._clock
-        self.summary["timings_s"][key] = round(before + time.perf_counter() - began, 2)
+            self._clock = None
 
     def save_summary(self) -> None:
+        if self._clock is not None:  # the time of the block running now, so far
+            key, before, began = self._clock
+            self.summary["timings_s"][key] = round(before + time.perf_counter() - began, 2)
         if self.writer:
             self._write(write_json, self.summary_path, self.summary)
 

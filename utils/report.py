@@ -12,13 +12,14 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean, stdev
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 from utils.errors import UserError
 from utils.io import atomic_open
+from utils.metrics import format_number
 
 MISSING = "–"
 # A task is known by its score: summary.json holds val_<score> and test_<score>.
@@ -31,18 +32,6 @@ COLUMNS = {
     "acc": {"pseudo_acc": "pseudo acc (kept)", "pseudo_all_acc": "pseudo acc (all)",
             "pseudo_kept_frac": "pseudo kept %"},
 }
-
-
-@dataclass
-class Run:
-    folder: Path
-    label: str
-    config: dict[str, Any]
-    summary: dict[str, Any]
-    teacher: dict[str, Any]
-    iterations: list[dict[str, Any]]
-    metrics: list[dict[str, Any]]
-    score: str  # a key of TASK_NAMES
 
 
 def _read_json(path: Path) -> Any:
@@ -72,7 +61,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [entry for epochs in phases.values() for _, entry in sorted(epochs.items())]
 
 
-def load_run(folder: Path) -> Run:
+def load_run(folder: Path) -> SimpleNamespace:
     """The run in `folder`; CamVid records mIoU, CIFAR-10 accuracy, a run without results yet tells by its config."""
     folder = Path(folder)
     if not any((folder / name).is_file() for name in ("config.json", "summary.json", "metrics.jsonl")):
@@ -86,15 +75,8 @@ def load_run(folder: Path) -> Run:
     records = [teacher, *iterations, *metrics]
     recorded = [score for score in TASK_NAMES if any(f"val_{score}" in r or f"test_{score}" in r for r in records)]
     score = recorded[0] if recorded else ("acc" if "val_size" in config else "miou")
-    return Run(folder, folder.resolve().name, config, summary, teacher, iterations, metrics, score)
-
-
-def format_value(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return MISSING
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return f"{value:.2f}" if isinstance(value, float) else str(value)
+    return SimpleNamespace(folder=folder, label=folder.resolve().name, config=config, summary=summary,
+                           teacher=teacher, iterations=iterations, metrics=metrics, score=score)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -104,13 +86,13 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def models(run: Run) -> list[tuple[str, dict[str, Any]]]:
+def models(run: SimpleNamespace) -> list[tuple[str, dict[str, Any]]]:
     """The teacher once tested, then each iteration's student, by the names the report gives them."""
     teacher = [("teacher", run.teacher)] if run.teacher else []
     return teacher + [(f"iteration {entry.get('iteration')}", entry) for entry in run.iterations]
 
 
-def run_section(run: Run) -> str:
+def run_section(run: SimpleNamespace) -> str:
     """What the run is and how far it got, then its models: validation, test, pseudo-label quality, promotion.
     The teacher has no key of its own for `taught by`, pseudo-labels or promotion, so those cells read `–`."""
     state = "finished" if run.summary.get("finished") else "not finished"
@@ -122,12 +104,12 @@ def run_section(run: Run) -> str:
     title, columns = SCORE_TITLES[run.score], COLUMNS[run.score]
     header = ["model", "taught by", f"val {title}", f"test {title}", *columns.values(), "promoted"]
     keys = ["teacher", f"val_{run.score}", f"test_{run.score}", *columns, "promoted"]
-    rows = [[name, *(format_value(entry.get(key)) for key in keys)] for name, entry in models(run)]
+    rows = [[name, *(format_number(entry.get(key), MISSING) for key in keys)] for name, entry in models(run)]
     table = markdown_table(header, rows) if rows else "No model has been tested yet."
     return "\n".join([f"## {run.label}", "", text, "", table, ""])
 
 
-def per_class_section(runs: Sequence[Run]) -> str:
+def per_class_section(runs: Sequence[SimpleNamespace]) -> str:
     """Test IoU per class of the final model (the last student, promoted or not, else the teacher), one column
     per CamVid run; for a single run, the teacher's beside it. Empty where no run has a per-class IoU."""
     if len(runs) > 1:
@@ -141,8 +123,8 @@ def per_class_section(runs: Sequence[Run]) -> str:
     classes = list(dict.fromkeys(name for column in ious for name in column))
     if not classes:
         return ""
-    rows = [[name, *(format_value(column.get(name)) for column in ious)] for name in classes]
-    rows.append(["**mIoU**", *(format_value(entry.get("test_miou")) for _, entry in columns)])
+    rows = [[name, *(format_number(column.get(name), MISSING) for column in ious)] for name in classes]
+    rows.append(["**mIoU**", *(format_number(entry.get("test_miou"), MISSING) for _, entry in columns)])
     table = markdown_table(["class", *(title for title, _ in columns)], rows)
     return "\n".join(["## Per-class test IoU (%)", "", "The final model of each run: the last iteration's student, "
                       "promoted or not.", "", table, ""])
@@ -153,11 +135,11 @@ def gap_row(name: str, seed: str, full: float, teacher: float, student: float, e
     """A row of the gap table; a gain's share of the gap is `–` where there is no gap (teacher level or above)."""
     gap = full - teacher
     shares = [f"{100 * (score - teacher) / gap:+.0f}%" if gap > 0 else MISSING for score in (student, end)]
-    return [name, seed, format_value(full), format_value(teacher), format_value(student), shares[0],
-            format_value(end) + end_name, shares[1]]
+    return [name, seed, *(format_number(score, MISSING) for score in (full, teacher, student)), shares[0],
+            format_number(end, MISSING) + end_name, shares[1]]
 
 
-def gap_section(runs: Sequence[Run], references: Sequence[Run]) -> str:
+def gap_section(runs: Sequence[SimpleNamespace], references: Sequence[SimpleNamespace]) -> str:
     """The gap to full supervision that each run's first student, and its loop's end model, closes; then the same on
     the means of the runs, robust to a seed's luck. Full supervision is the reference of the same SEED, else (as it
     does not depend on the split) the mean of the references."""
@@ -205,7 +187,7 @@ def gap_section(runs: Sequence[Run], references: Sequence[Run]) -> str:
     return "\n".join(lines + [summary, ""])
 
 
-def draw_curves(run: Run, val_ax: Any, loss_ax: Any) -> None:
+def draw_curves(run: SimpleNamespace, val_ax: Any, loss_ax: Any) -> None:
     """Each phase after the previous one on one axis of training steps (epochs in records that lack them),
     so that phases read left to right at the length their training had."""
     phases: dict[str, list[dict[str, Any]]] = {}
@@ -232,7 +214,7 @@ def draw_curves(run: Run, val_ax: Any, loss_ax: Any) -> None:
                     color="grey")
 
 
-def draw_per_class(run: Run, ax: Any) -> None:
+def draw_per_class(run: SimpleNamespace, ax: Any) -> None:
     """Grouped bars: for each class, the test IoU of the teacher and of each iteration's student."""
     tested = models(run)
     classes = list(tested[-1][1].get("per_class_iou") or {}) if tested else []
@@ -252,7 +234,7 @@ def draw_per_class(run: Run, ax: Any) -> None:
         ax.text(0.5, 0.5, "no model tested yet", ha="center", va="center", transform=ax.transAxes, color="grey")
 
 
-def plots_section(runs: Sequence[Run], out: Path) -> str:
+def plots_section(runs: Sequence[SimpleNamespace], out: Path) -> str:
     """Draws the PNGs into `out` (with Figure, not pyplot: no global state, no GUI) and returns the section."""
     try:
         import matplotlib  # noqa: F401  (first: an imported submodule would hide a missing package)
