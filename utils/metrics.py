@@ -35,22 +35,26 @@ class ConfusionMatrix:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(self.mat)
 
+    @property
+    def counts(self) -> torch.Tensor:
+        return self.mat.double().cpu()
+
     def iou(self) -> torch.Tensor:
         """Per-class IoU in percent; NaN for a class absent from both truth and prediction."""
-        m = self.mat.double().cpu()
+        m = self.counts
         tp = m.diag()
         return 100 * tp / (m.sum(0) + m.sum(1) - tp)
 
     def recall(self) -> torch.Tensor:
-        m = self.mat.double().cpu()
+        m = self.counts
         return 100 * m.diag() / m.sum(1)
 
     def precision(self) -> torch.Tensor:
-        m = self.mat.double().cpu()
+        m = self.counts
         return 100 * m.diag() / m.sum(0)
 
     def pixel_accuracy(self) -> float:
-        m = self.mat.double().cpu()
+        m = self.counts
         return float(100 * m.diag().sum() / m.sum()) if m.sum() > 0 else float("nan")
 
     accuracy = pixel_accuracy  # classification reads the same number as accuracy
