@@ -29,7 +29,7 @@ from data import camvid, cityscapes, folder
 from data.segmentation import ClassTable, decode_image, image_files, image_size
 from models.swiftnet import swiftnet_rn18
 from utils.checkpoint import load_checkpoint, load_weights
-from utils.dist import Runtime, resolve_device
+from utils.dist import Runtime, resolve_device, resolve_precision
 from utils.engine import predict_probs
 from utils.errors import UserError
 from utils.io import write_png
@@ -103,6 +103,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                                           "(default: IMAGE_SCALE of the checkpoint's config, else 1)")
     parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--precision", default="auto", help="auto (bf16 where the device computes it natively), "
+                                                            "fp32 or bf16")
     return parser.parse_args(argv)
 
 
@@ -112,7 +114,8 @@ def run(args: argparse.Namespace) -> str:
         raise UserError(f"--batch-size={args.batch_size}: give at least 1.")
     if not args.images.is_dir():
         raise UserError(f"--images {args.images} is not a folder: give a folder of .png/.jpg images.")
-    rt = Runtime(resolve_device(args.device))
+    device = resolve_device(args.device)
+    rt = Runtime(device, precision=resolve_precision(args.precision, device))
     model, config, classes = load_model(args.checkpoint, rt)
     scale = args.image_scale if args.image_scale is not None else float(config.get("image_scale", 1.0))
     if not scale > 0:

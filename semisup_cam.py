@@ -86,6 +86,7 @@ STRONG_AUG = False  # colour jitter, grayscale, blur and CutMix on pseudo-labele
 # Running
 PICTURES = 4  # val images (and pseudo-labeled frames) drawn after each model, in RUN_DIR/pictures/
 DEVICE = "auto"
+PRECISION = "auto"  # "auto": bf16 autocast and channels-last where the device has bf16 arithmetic, else "fp32"
 SEED = 0
 COMPILE = False  # torch.compile the training model (CUDA)
 SYNC_BN = False  # synchronised BatchNorm under torchrun

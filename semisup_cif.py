@@ -68,6 +68,7 @@ PSEUDO_EMA = 0.0  # > 0: PSEUDO_SOFT's teacher follows the student (STUDENT_INIT
 STRONG_AUG = False  # colour jitter, grayscale, blur and cutout on pseudo-labeled images
 # Running
 DEVICE = "auto"
+PRECISION = "auto"  # "auto": bf16 autocast and channels-last where the device has bf16 arithmetic, else "fp32"
 SEED = 0
 COMPILE = False
 SYNC_BN = False

@@ -6,8 +6,8 @@ run that is killed, resumed, and run again under torchrun (NCCL).
     python bench/gpu_check.py --camvid camvid_small --out /tmp/check --tiny --device cpu          # rehearsal
 
 Writes OUT/gpu_check.json (every figure) and one log per step: speed.log, train.log, torchrun.log.
-1. bench/speed.py with crops of 448 and images of 960x720 in bf16: batch 12, batch 32, and batch 12
-   with torch.compile.
+1. bench/speed.py with crops of 448 and images of 960x720, in fp32 and bf16: batch 12, batch 32, and
+   batch 12 in bf16 with torch.compile.
 2. semisup_cam.py on the compact copy with the split protocol (1/8 by sequence), from scratch, data on
    the device: a teacher and one iteration. It is killed once after its first resume checkpoint, and
    the same command must then finish.
@@ -77,9 +77,9 @@ def main() -> None:
     speed_log = args.out / "speed.log"
     size = ["--quick"] if args.tiny else ["--crop", "448", "--size", "960x720", "--images", "48"]
     for name, extra in [("batch12", ["--batch", "12"]), ("batch32", ["--batch", "32"]),
-                        ("batch12_compile", ["--batch", "12", "--compile"])]:
+                        ("batch12_compile", ["--batch", "12", "--compile", "--precisions", "bf16"])]:
         if args.tiny:  # --quick sets its own sizes and batch
-            extra = [e for e in extra if e == "--compile"]
+            extra = [e for e in extra if e == "--compile"] + ["--precisions", "fp32"]
         result = work / f"speed_{name}.json"
         code = run([sys.executable, "bench/speed.py", *size, *extra, "--skip-baselines", "--device", args.device,
                     "--json", str(result)], speed_log, 240)

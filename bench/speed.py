@@ -1,19 +1,23 @@
 """Throughput of the project's data path, training, evaluation and pseudo-labeling, each measured
-in the same run against a baseline built the way the thesis code worked.
+in the same run against a baseline built the way the thesis code worked, and our path in fp32 and
+in bf16 side by side.
 
     python bench/speed.py [--quick] [--json PATH] [--device auto] [--crop 448] [--size 960x720]
+                          [--precisions fp32,bf16]
 
 Baselines: a per-sample PIL pipeline (decode the PNG, random scale, crop, flip, to tensor) that
 feeds the same model in fp32, evaluation one image at a time outside inference mode, pseudo-labels
 saved one by one, and the per-pixel Python loops that filled the thesis's confusion matrix and
 converted its colour masks. Our path: uint8 tensors in memory (on the GPU when there is one),
-batched augmentation on the device, bf16 autocast and channels-last on CUDA, batched inference
-and a bincount confusion matrix. Every figure is a median over timed repetitions after warm-up,
-with the device synchronised before the clock is read.
+batched augmentation on the device, batched inference and a bincount confusion matrix; in bf16,
+autocast and channels-last (what PRECISION="auto" picks where the device has bf16 arithmetic).
+Every figure is a median over timed repetitions after warm-up, with the device synchronised before
+the clock is read.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import resource
@@ -38,7 +42,7 @@ from data.segmentation import load_images, load_labels  # noqa: E402
 from data.synthetic import render_street_scene  # noqa: E402
 from data.transforms import scale_crop_flip  # noqa: E402
 from models.swiftnet import swiftnet_rn18  # noqa: E402
-from utils.dist import Runtime, resolve_device  # noqa: E402
+from utils.dist import Runtime, cpu_has_native_bf16, resolve_device, resolve_precision  # noqa: E402
 from utils.engine import cross_entropy, evaluate, predict_probs  # noqa: E402
 from utils.io import write_png  # noqa: E402
 from utils.metrics import ConfusionMatrix  # noqa: E402
@@ -137,13 +141,22 @@ class Denormalised(torch.nn.Module):
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-               labels: torch.Tensor, rt: Runtime | None) -> None:
-    context = rt.autocast() if rt is not None else torch.autocast("cpu", enabled=False)
-    with context:
+               labels: torch.Tensor, rt: Runtime) -> None:
+    with rt.autocast():
         loss = cross_entropy(model(images), labels, IGNORE_INDEX)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+
+
+def processor() -> str:
+    """The CPU's model name and whether it has bf16 instructions, e.g. 'AMD EPYC (bf16: no)'."""
+    try:
+        lines = open("/proc/cpuinfo").read().splitlines()
+        name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+    except OSError:
+        name = ""
+    return f"{name or 'unknown CPU'} (bf16: {'yes' if cpu_has_native_bf16() else 'no'})"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -157,11 +170,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=48)
     parser.add_argument("--compile", action="store_true", help="torch.compile our model (COMPILE=True)")
     parser.add_argument("--skip-baselines", action="store_true", help="time our path only (the GPU check)")
+    parser.add_argument("--precisions", default="fp32,bf16", help="our path in each of these, side by side")
     args = parser.parse_args(argv)
+    args.precisions = args.precisions.split(",")
+    if not set(args.precisions) <= {"fp32", "bf16"}:
+        parser.error(f"--precisions={','.join(args.precisions)}: give fp32, bf16 or both, e.g. fp32,bf16")
     if args.quick:
         args.crop, args.size, args.batch, args.images = 192, "240x180", 8, 16
     device = resolve_device(args.device)
-    rt = Runtime(device)
+    args.auto = resolve_precision("auto", device)  # the plain figures are those of the precision runs choose
+    if args.auto not in args.precisions:
+        args.precisions.append(args.auto)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     width, height = (int(v) for v in args.size.split("x"))
@@ -188,69 +207,71 @@ def main(argv: list[str] | None = None) -> None:
         if not args.skip_baselines:
             figures["data_samples_per_s_baseline"] = timed(lambda: len(pil_batch()[0]), device, repeats)
 
-        model = swiftnet_rn18(NUM_CLASSES, CAMVID_MEAN, CAMVID_STD).to(device)
-        fast_model = model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
-        if args.compile:
-            fast_model = torch.compile(fast_model)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-
-        def train_ours() -> int:
-            x, y = ours_batch()
-            train_step(fast_model, optimizer, x, y, rt)
-            return len(x)
-
-        baseline_model = Denormalised(model).to(device)
-
-        def train_baseline() -> int:
-            x, y = pil_batch()
-            train_step(baseline_model, optimizer, x, y, None)
-            return len(x)
-
-        model.train()
-        figures["train_crops_per_s"] = timed(train_ours, device, repeats)
-        if not args.skip_baselines:
-            figures["train_crops_per_s_baseline"] = timed(train_baseline, device, repeats)
-
+        model = swiftnet_rn18(NUM_CLASSES, CAMVID_MEAN, CAMVID_STD).to(device).train()
         eval_count = min(n, 8 if args.quick else n)
         eval_images, eval_labels = images[:eval_count], labels[:eval_count]
-        def eval_ours() -> int:
-            evaluate(fast_model, eval_images, eval_labels, NUM_CLASSES, 8, rt)
-            return eval_count
-
-        figures["eval_images_per_s"] = timed(eval_ours, device, repeats)
-
-        def eval_baseline() -> int:
-            model.eval()
-            cm = ConfusionMatrix(NUM_CLASSES, device)
-            with torch.no_grad():
-                for i in range(eval_count):
-                    cm.update(eval_labels[i], model(eval_images[i : i + 1].float()).argmax(1))
-            return eval_count
-
-        if not args.skip_baselines:
-            figures["eval_images_per_s_baseline"] = timed(eval_baseline, device, repeats)
-
         out = Path(tmp) / "pseudo"
-
-        def pseudo_ours() -> int:
-            with ThreadPoolExecutor(4) as writer:
-                for start in range(0, eval_count, 8):
-                    probs = predict_probs(fast_model, eval_images[start : start + 8], rt)
-                    for k, label in enumerate(probs.argmax(1).to(torch.uint8).cpu().numpy()):
-                        writer.submit(write_png, out / f"{start + k}.png", label)
-            return eval_count
-
-        def pseudo_baseline() -> int:
-            model.eval()
-            with torch.no_grad():
-                for i in range(eval_count):
-                    label = model(eval_images[i : i + 1].float()).argmax(1)[0].to(torch.uint8).cpu().numpy()
-                    Image.fromarray(label).save(out / f"b{i}.png")
-            return eval_count
-
         out.mkdir()
-        figures["pseudo_images_per_s"] = timed(pseudo_ours, device, repeats)
+        for precision in args.precisions:  # each on its own copy: channels-last changes the weights' layout
+            rt = Runtime(device, precision=precision)
+            fast_model = rt.prepare(copy.deepcopy(model))
+            if args.compile:
+                fast_model = torch.compile(fast_model)
+            fast_optimizer = torch.optim.Adam(fast_model.parameters(), lr=1e-4)
+
+            def train_ours() -> int:
+                x, y = ours_batch()
+                train_step(fast_model, fast_optimizer, x, y, rt)
+                return len(x)
+
+            def eval_ours() -> int:
+                evaluate(fast_model, eval_images, eval_labels, NUM_CLASSES, 8, rt)
+                return eval_count
+
+            def pseudo_ours() -> int:
+                with ThreadPoolExecutor(4) as writer:
+                    for start in range(0, eval_count, 8):
+                        probs = predict_probs(fast_model, eval_images[start : start + 8], rt)
+                        for k, label in enumerate(probs.argmax(1).to(torch.uint8).cpu().numpy()):
+                            writer.submit(write_png, out / f"{start + k}.png", label)
+                return eval_count
+
+            fast_model.train()
+            for key, work in [("train_crops_per_s", train_ours), ("eval_images_per_s", eval_ours),
+                              ("pseudo_images_per_s", pseudo_ours)]:
+                figures[f"{key}_{precision}"] = timed(work, device, repeats)
+                if precision == args.auto:
+                    figures[key] = figures[f"{key}_{precision}"]
+
         if not args.skip_baselines:
+            baseline_model = Denormalised(model).to(device)
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+            fp32 = Runtime(device)
+
+            def train_baseline() -> int:
+                x, y = pil_batch()
+                train_step(baseline_model, optimizer, x, y, fp32)
+                return len(x)
+
+            def eval_baseline() -> int:
+                model.eval()
+                cm = ConfusionMatrix(NUM_CLASSES, device)
+                with torch.no_grad():
+                    for i in range(eval_count):
+                        cm.update(eval_labels[i], model(eval_images[i : i + 1].float()).argmax(1))
+                return eval_count
+
+            def pseudo_baseline() -> int:
+                model.eval()
+                with torch.no_grad():
+                    for i in range(eval_count):
+                        label = model(eval_images[i : i + 1].float()).argmax(1)[0].to(torch.uint8).cpu().numpy()
+                        Image.fromarray(label).save(out / f"b{i}.png")
+                return eval_count
+
+            model.train()
+            figures["train_crops_per_s_baseline"] = timed(train_baseline, device, repeats)
+            figures["eval_images_per_s_baseline"] = timed(eval_baseline, device, repeats)
             figures["pseudo_images_per_s_baseline"] = timed(pseudo_baseline, device, repeats)
 
     target = torch.randint(0, NUM_CLASSES + 1, (4, height, width), device=device)
@@ -284,15 +305,20 @@ def main(argv: list[str] | None = None) -> None:
     report(figures, device, args)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        args.json.write_text(json.dumps({"device": name, "crop": args.crop, "size": args.size, "batch": args.batch,
-                                         "compile": args.compile, **figures}, indent=2) + "\n")
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else processor()
+        args.json.write_text(json.dumps({"device": name, "threads": torch.get_num_threads(), "crop": args.crop,
+                                         "size": args.size, "batch": args.batch, "compile": args.compile,
+                                         "auto_precision": args.auto, **figures}, indent=2) + "\n")
 
 
 def report(figures: dict[str, float], device: torch.device, args: argparse.Namespace) -> None:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; crop {args.crop}, batch {args.batch}, images {args.size}")
-    print(f"{'':<28}{'ours':>12}{'baseline':>12}{'ratio':>9}")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else processor()
+    print(f"device: {name}, {torch.get_num_threads()} threads; crop {args.crop}, batch {args.batch}, images "
+          f"{args.size}; PRECISION=auto chooses {args.auto}")
+    precisions = [p for p in ("fp32", "bf16") if p in args.precisions]
+    both = len(precisions) == 2
+    print(f"{'':<28}" + "".join(f"{'ours ' + p:>12}" for p in precisions) + (f"{'bf16/fp32':>11}" if both else "")
+          + f"{'baseline':>12}{'ours/base':>11}")
     rows = [("data_samples_per_s", "data_ratio", "samples/s (data path only)"),
             ("train_crops_per_s", "train_ratio", "crops/s (training)"),
             ("eval_images_per_s", "eval_ratio", "images/s (evaluation)"),
@@ -302,13 +328,21 @@ def report(figures: dict[str, float], device: torch.device, args: argparse.Names
     for key, ratio_key, label in rows:
         if key not in figures:
             continue
+        if f"{key}_fp32" in figures or f"{key}_bf16" in figures:  # timed in each precision
+            values = [figures[f"{key}_{p}"] for p in precisions]
+            line = f"{label:<28}" + "".join(f"{v:>12.2f}" for v in values)
+            if both:
+                figures[ratio_key.replace("_ratio", "_bf16_over_fp32")] = values[1] / values[0]
+                line += f"{values[1] / values[0]:>10.2f}x"
+        else:  # the same in every precision
+            line = f"{label:<28}{figures[key]:>12.2f}" + " " * (12 * (len(precisions) - 1) + 11 * both)
         ours, base = figures[key], figures.get(f"{key}_baseline")
         if base is None:
-            print(f"{label:<28}{ours:>12.2f}{'-':>12}{'-':>9}")
+            print(line + f"{'-':>12}{'-':>11}")
             continue
         ratio = base / ours if key == "mask_maker_ms" else ours / base
         figures[ratio_key] = ratio
-        print(f"{label:<28}{ours:>12.2f}{base:>12.2f}{ratio:>8.1f}x")
+        print(line + f"{base:>12.2f}{ratio:>10.1f}x")
     print(f"peak host memory {figures['host_peak_mib']:.0f} MiB"
           + (f", device {figures['device_peak_mib']:.0f} MiB" if "device_peak_mib" in figures else ""))
 

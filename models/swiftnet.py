@@ -95,7 +95,7 @@ class SwiftNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = (images.float() - self.mean) / self.std
-        if x.is_cuda:  # cuDNN's fastest convolutions (and the bf16 tensor cores) want NHWC
+        if self.conv1.weight.is_contiguous(memory_format=torch.channels_last):  # a model made NHWC for bf16
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         skips = []

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import random
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,15 +27,17 @@ class Runtime:
     rank: int = 0
     world: int = 1
     distributed: bool = False  # launched by torchrun: the processes talk, even when there is only one
+    precision: str = "fp32"  # "fp32", or "bf16": autocast and channels-last (resolve_precision chooses)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 on CUDA (no loss scaling needed); full precision on the CPU, where bf16 is slow."""
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """bf16 autocast for the forward pass (no loss scaling needed): weights, gradients and optimizer state
+        stay fp32, and the loss, softmax and metrics take their inputs as fp32."""
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def barrier(self) -> None:
@@ -56,11 +60,12 @@ class Runtime:
         return box[0]
 
     def prepare(self, model: nn.Module, sync_bn: bool = False) -> nn.Module:
-        """On the device, channels-last on CUDA (faster convolutions), synchronised BatchNorm if asked."""
+        """On the device, channels-last in bf16 (the fast bf16 convolutions of cuDNN and oneDNN want NHWC),
+        synchronised BatchNorm if asked."""
         if sync_bn and self.distributed:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = model.to(self.device)
-        if self.device.type == "cuda":
+        if self.precision == "bf16":
             model = model.to(memory_format=torch.channels_last)
         return model
 
@@ -84,9 +89,42 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"DEVICE={name} is not a device PyTorch knows (try auto, cpu, cuda, cuda:1).") from error
 
 
-def setup(device_name: str) -> Runtime:
-    """Joins torchrun's process group when launched by torchrun; sets fast CUDA and CPU defaults."""
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU computes bf16 in hardware (x86: AVX512-BF16 or AMX; Arm: BF16). oneDNN also calls bf16
+    supported on AVX-512 CPUs without these instructions, where it emulates them, slower than fp32."""
+    try:
+        supported = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return supported
+    try:
+        flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return supported and bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """'auto' is bf16 where the device computes it natively (CUDA GPUs since Ampere, CPUs with bf16
+    instructions) and fp32 elsewhere; 'fp32' and 'bf16' are taken as given."""
+    if name not in ("auto", "fp32", "bf16"):
+        raise UserError(f"--precision={name}: expected 'auto', 'fp32' or 'bf16'.")
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
+def setup(device_name: str, precision: str = "auto") -> Runtime:
+    """Joins torchrun's process group when launched by torchrun; sets fast CUDA and CPU defaults; resolves
+    the precision (`resolve_precision`)."""
     device = resolve_device(device_name)
+    precision = resolve_precision(precision, device)
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        print("note: this CPU has no bf16 instructions: --precision=bf16 emulates them, several times slower than "
+              "fp32 (--precision=auto chooses fp32 here).", file=sys.stderr)
     if device.type == "cpu":
         # Weights that stop getting gradients decay into subnormal floats, on which x86 arithmetic is many
         # times slower (late CPU epochs took three times as long); they are below 1.2e-38, so flush them to zero.
@@ -101,7 +139,8 @@ def setup(device_name: str) -> Runtime:
     launched = "WORLD_SIZE" in os.environ  # torchrun sets it, also for one process
     if launched and not td.is_initialized():
         td.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Runtime(device, int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), launched)
+    return Runtime(device, int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), launched,
+                   precision)
 
 
 def teardown() -> None:

@@ -272,11 +272,13 @@ def start_run(namespace: Mapping[str, Any], argv: Sequence[str], demo_overrides:
     written; the device and the processes; the demo's data under `--demo`; and the run directory."""
     cfg = configure(namespace, argv, demo_overrides)
     check(cfg)
-    rt = setup(cfg.device)
+    rt = setup(cfg.device, cfg.precision)
+    cfg["precision"] = rt.precision  # what "auto" chose here: a run resumed elsewhere must compute the same
     if cfg.demo and rt.is_main:
         make_demo_data(cfg.data_root)
-    # Rank 0 picks and prepares the folder; the other processes follow once it is ready.
-    defaults = constants_of(namespace)
+    # Rank 0 picks and prepares the folder; the other processes follow once it is ready. A run from before
+    # PRECISION existed computed in bf16 on CUDA and in fp32 on the CPU.
+    defaults = {**constants_of(namespace), "precision": "bf16" if rt.device.type == "cuda" else "fp32"}
     folder = rt.broadcast(choose_run_dir(cfg, name, defaults=defaults) if rt.is_main else None)
     run = Run(folder, cfg, writer=True, defaults=defaults) if rt.is_main else None
     rt.barrier()
