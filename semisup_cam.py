@@ -2,23 +2,27 @@
 
 A SwiftNet-RN18 teacher learns from the labeled images and labels the unlabeled frames; a student
 learns from those pseudo-labels and from the labels (one after the other, as in the thesis, or
-mixed in every batch); a student that validates better than its teacher becomes the next teacher.
+mixed in every batch), or makes its own targets online (FixMatch, UniMatch); a student that
+validates better than its teacher becomes the next teacher.
 
     python semisup_cam.py                          # the thesis protocol on data/camvid
     python semisup_cam.py --demo                   # generated street scenes, CPU, minutes
     python semisup_cam.py --labeled_fraction=1/8 --pseudo_threshold=0.9
+    python semisup_cam.py --labeled_fraction=1/8 --student_schedule=unimatch --pseudo_threshold=0.95
     python semisup_cam.py --dataset=cityscapes --data_root=data/cityscapes --image_scale=0.5 \
         --split_file=data/splits/cityscapes/unimatch/1_8.txt
     torchrun --nproc_per_node=4 semisup_cam.py     # several GPUs
 
 Every constant below can be overridden as --lower_case_name=value.
 """
+import copy
 import math
 import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -26,12 +30,12 @@ from data import camvid, cityscapes, folder
 from data.segmentation import (ClassTable, SegmentationSet, index_lookup, load_labeled, load_labels, read_split_file,
                                split_names)
 from data.synthetic import make_street_scenes
-from data.transforms import cutmix, photometric, scale_crop_flip
+from data.transforms import cutmix, cutmix_box, photometric, scale_crop_flip, strong_view
 from models.swiftnet import convert_reference_state_dict, swiftnet_rn18
 from utils.checkpoint import load_checkpoint, load_fitting, load_weights
 from utils.config import Config, check_choice, check_loop, check_ranges
 from utils.dist import Runtime, seed_everything, teardown
-from utils.engine import (Batch, Best, Candidate, batch_plan, cross_entropy, endless_batches, evaluate, fit,
+from utils.engine import (Batch, Best, Candidate, Step, batch_plan, cross_entropy, endless_batches, evaluate, fit,
                           predict_probs)
 from utils.errors import UserError
 from utils.io import write_json
@@ -72,15 +76,18 @@ PSEUDO_EPOCHS = 100
 PSEUDO_LR = 1e-4
 FINETUNE_EPOCHS = 200
 FINETUNE_LR = 1e-4
-STUDENT_SCHEDULE = "staged"  # "staged": pseudo epochs, then fine-tune; "joint": mixed batches at FINETUNE_LR
-JOINT_LABELED_SHARE = 0.5  # "joint": share of each batch taken from the labeled set, the rest pseudo-labeled
+STUDENT_SCHEDULE = "staged"  # "staged": pseudo epochs, then fine-tune; "joint": mixed batches at FINETUNE_LR;
+# "fixmatch", "unimatch": labeled and unlabeled crops in every batch, the targets made online from weak views
+JOINT_LABELED_SHARE = 0.5  # "joint", "fixmatch", "unimatch": share of each batch taken from the labeled set
+UNLABELED_WEIGHT = 1.0  # "fixmatch", "unimatch": weight of the unlabeled loss terms (1 as published)
 STUDENT_INIT = "fresh"  # "fresh": a new model each iteration (thesis); "teacher": the teacher's weights
 PROMOTE_ALWAYS = False  # True: the thesis's behaviour, the student replaces the teacher even when worse
-PSEUDO_THRESHOLD = 0.0  # pixels whose teacher confidence is below become ignore
+PSEUDO_THRESHOLD = 0.0  # pixels whose teacher confidence is below become ignore (online: the weak view's)
 PSEUDO_IMAGE_SHARE = 1.0  # < 1: the student learns only from this share of the frames, the most reliable (ST++)
 PSEUDO_TTA = False  # pseudo-labels from softmax averaged over flips and TTA_SCALES
 PSEUDO_SOFT = False  # True: the student matches the teacher's softmax on each crop, not its argmax
-PSEUDO_EMA = 0.0  # > 0: PSEUDO_SOFT's teacher follows the student (STUDENT_INIT="teacher") with this momentum
+PSEUDO_EMA = 0.0  # > 0: a mean teacher of this momentum follows the student: PSEUDO_SOFT's teacher (with
+# STUDENT_INIT="teacher"), or the one that gives "fixmatch" and "unimatch" their targets
 TTA_SCALES = [0.75, 1.0, 1.25]
 STRONG_AUG = False  # colour jitter, grayscale, blur and CutMix on pseudo-labeled crops
 # Running
@@ -101,9 +108,13 @@ DEMO = dict(DATA_ROOT="data/demo_camvid", SAVE_DIR="saved_models/demo_cam", PRET
             STUDENT_INIT="teacher", PSEUDO_SOFT=True, PSEUDO_EMA=0.98, PSEUDO_EPOCHS=5, FINETUNE_LR=1e-3)
 
 
+ONLINE = ("fixmatch", "unimatch")  # schedules whose students make their own targets, without PNGs
+
+
 def check_config(cfg: Config) -> None:
     """Refuses, before the run directory records them, settings that would run but mean something else."""
     check_loop(cfg)
+    check_choice(cfg, "student_schedule", ("staged", "joint", *ONLINE))
     check_choice(cfg, "dataset", ("camvid", "cityscapes", "folder"))
     check_choice(cfg, "normalization", ("dataset", "thesis"))
     check_ranges(cfg, {
@@ -117,6 +128,19 @@ def check_config(cfg: Config) -> None:
                                                      "from, above 0 and at most 1 (1 = all of them)"),
         "pictures": (lambda v: v >= 0, "how many images to draw after each model, 0 for none"),
     })
+    online = cfg.student_schedule in ONLINE
+    if cfg.pseudo_ema > 0 and not online and not (cfg.pseudo_soft and cfg.student_init == "teacher"):
+        raise UserError(f"--pseudo_ema={cfg.pseudo_ema} moves the teacher that gives PSEUDO_SOFT's targets towards a "
+                        "student that started from it: set --pseudo_soft=True and --student_init=teacher (a fresh "
+                        "student's weights cannot be averaged with the teacher's).")
+    offline_only = {"pseudo_soft": False, "pseudo_tta": False, "pseudo_image_share": 1.0, "strong_aug": False}
+    if online and (changed := [name for name, default in offline_only.items() if cfg[name] != default]):
+        raise UserError(f"--student_schedule={cfg.student_schedule} makes its targets online, with its own weak and "
+                        f"strong views: --{changed[0]}={cfg[changed[0]]} acts on pseudo-label files and on "
+                        "PSEUDO_SOFT's teacher only. Leave it out.")
+    if not online and cfg.unlabeled_weight != 1.0:
+        raise UserError(f"--unlabeled_weight={cfg.unlabeled_weight} weighs the online students' unlabeled loss: use "
+                        "it with --student_schedule=fixmatch or unimatch.")
     if cfg.normalization == "thesis" and cfg.dataset != "camvid":
         raise UserError(f"--normalization=thesis gives the thesis's CamVid statistics, not {cfg.dataset}'s: use "
                         "--normalization=dataset.")
@@ -280,6 +304,104 @@ def joint_batches(labeled: SegmentationSet, pseudo: SegmentationSet, counts: lis
         yield torch.cat([images, pseudo_images]), torch.cat([labels, pseudo_targets])
 
 
+def unlabeled_crops(unlabeled: SegmentationSet, index: torch.Tensor, generator: torch.Generator,
+                    classes: ClassTable, cfg: Config, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weak views of unlabeled images (scale, crop, flip as for the labels), and which of their pixels the crop
+    padded. Hidden labels are never read."""
+    images = unlabeled.images[index.to(unlabeled.images.device)].to(rt.device, non_blocking=True)
+    blank = torch.zeros(images.shape[0], *images.shape[2:], dtype=torch.uint8, device=images.device)
+    images, padding = scale_crop_flip(images, blank, cfg.crop_size, classes.mean, classes.ignore_index, generator)
+    return images, padding == classes.ignore_index
+
+
+def online_batches(labeled: SegmentationSet, unlabeled: SegmentationSet, counts: list[int], steps: int,
+                   generator: torch.Generator, classes: ClassTable, cfg: Config, rt: Runtime) -> Iterator[dict]:
+    """FixMatch's and UniMatch's batches (UniMatch's dataset/semi.py): counts[0] labeled crops; counts[1] weak
+    views of unlabeled crops, with one strong view each (two for UniMatch) and a CutMix box per strong view; and
+    as many crops of other unlabeled images, weak and strong, whose boxes the step pastes in."""
+    views = 2 if cfg.student_schedule == "unimatch" else 1
+    labeled_ids = endless_batches(len(labeled), counts[0], generator, rt)
+    unlabeled_ids = endless_batches(len(unlabeled), counts[1], generator, rt)
+    mixing_ids = endless_batches(len(unlabeled), counts[1], generator, rt)
+    for _ in range(steps):
+        images, labels = crops(labeled, next(labeled_ids), generator, classes, cfg, rt)
+        weak, padded = unlabeled_crops(unlabeled, next(unlabeled_ids), generator, classes, cfg, rt)
+        weak_mix, padded_mix = unlabeled_crops(unlabeled, next(mixing_ids), generator, classes, cfg, rt)
+        yield {"images": images, "labels": labels, "weak": weak, "padded": padded,
+               "strong": [strong_view(weak, generator) for _ in range(views)],
+               "boxes": [cutmix_box(len(weak), cfg.crop_size, cfg.crop_size, generator).to(rt.device)
+                         for _ in range(views)],
+               "weak_mix": weak_mix, "padded_mix": padded_mix,
+               "strong_mix": [strong_view(weak_mix, generator) for _ in range(views)]}
+
+
+# ----------------------------------------------------------------------------- training steps
+
+def supervised_step(classes: ClassTable) -> Step:
+    """The teacher's, the fine-tuning's and the offline students' step: cross-entropy against the batch's targets
+    (labels, pseudo-labels or soft targets)."""
+    return lambda model, batch: (cross_entropy(model(batch[0]), batch[1], classes.ignore_index), {})
+
+
+@torch.no_grad()
+def weak_targets(judge: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Confidence and class of each pixel by `judge` in eval mode, in fp32, without gradient."""
+    training = judge.training
+    judge.eval()
+    confidence, labels = judge(images).float().softmax(1).max(1)
+    judge.train(training)
+    return confidence, labels
+
+
+def online_step(classes: ClassTable, cfg: Config, mean_teacher: MeanTeacher | None) -> Step:
+    """FixMatch (one strong view) or UniMatch (two, and the feature-perturbed weak view) for segmentation, as in
+    UniMatch's fixmatch.py and unimatch.py. The weak views' predictions are the targets where their confidence
+    reaches PSEUDO_THRESHOLD; each strong view gets the targets of the crop it shows, pasted with the same CutMix
+    box as its pixels; padded pixels are ignored. The targets come from the student itself (the weak view in the
+    same training pass as the labeled crops, detached) or from its mean teacher (PSEUDO_EMA)."""
+    unimatch, threshold, ignore = cfg.student_schedule == "unimatch", cfg.pseudo_threshold, classes.ignore_index
+
+    def unlabeled_loss(logits: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor,
+                       padded: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy over the confident pixels, divided by all the pixels that are not padding."""
+        kept = (confidence >= threshold) & ~padded
+        return (F.cross_entropy(logits.float(), labels, reduction="none") * kept).sum() / (~padded).sum().clamp(min=1)
+
+    def step(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        images, weak, padded, count = batch["images"], batch["weak"], batch["padded"], len(batch["images"])
+        judge = model if mean_teacher is None else mean_teacher.model
+        confidence_mix, labels_mix = weak_targets(judge, batch["weak_mix"])
+        if mean_teacher is not None:
+            confidence, labels = weak_targets(judge, weak)
+        if unimatch:
+            logits, logits_perturbed = model(torch.cat([images, weak]), perturbed=True)
+            logits_perturbed = logits_perturbed[count:]
+        else:
+            logits = model(torch.cat([images, weak]) if mean_teacher is None else images)
+        logits_labeled = logits[:count]
+        if mean_teacher is None:
+            confidence, labels = logits[count:].detach().float().softmax(1).max(1)
+        boxes = batch["boxes"]
+        strong = [torch.where(box[:, None], mix, view) for box, mix, view in zip(boxes, batch["strong_mix"],
+                                                                                 batch["strong"])]
+        logits_strong = model(torch.cat(strong)).chunk(len(strong))
+        loss_labeled = cross_entropy(logits_labeled, batch["labels"], ignore)
+        losses_strong = [unlabeled_loss(logits_view, torch.where(box, labels_mix, labels),
+                                        torch.where(box, confidence_mix, confidence),
+                                        torch.where(box, batch["padded_mix"], padded))
+                         for logits_view, box in zip(logits_strong, boxes)]
+        logs = {"loss_labeled": loss_labeled, "loss_strong": sum(losses_strong) / len(losses_strong)}
+        if unimatch:
+            logs["loss_perturbed"] = unlabeled_loss(logits_perturbed, labels, confidence, padded)
+            unlabeled = 0.25 * losses_strong[0] + 0.25 * losses_strong[1] + 0.5 * logs["loss_perturbed"]
+        else:
+            unlabeled = losses_strong[0]
+        logs["above_threshold"] = ((confidence >= threshold) & ~padded).sum() / (~padded).sum().clamp(min=1) * 100
+        return (loss_labeled + cfg.unlabeled_weight * unlabeled) / 2, logs
+
+    return step
+
+
 # ----------------------------------------------------------------------------- models
 
 def build(classes: ClassTable, cfg: Config, pretrained: bool = False) -> nn.Module:
@@ -312,20 +434,24 @@ def trained_model(candidate: Candidate, classes: ClassTable, cfg: Config, rt: Ru
 
 def train(model: nn.Module, phase: str, iteration: int, batches: Any, steps: int, epochs: int, lr: float,
           best: Best, val: SegmentationSet, classes: ClassTable, cfg: Config, rt: Runtime, run: Run,
-          mean_teacher: MeanTeacher | None = None) -> dict[str, Any]:
-    """One phase with Adam and a cosine schedule to LR_MIN, validated every EVAL_EACH epochs. The loss is
-    cross-entropy over the pixels that are not ignore, against distributions where targets are soft."""
+          step: Step | None = None, mean_teacher: MeanTeacher | None = None) -> dict[str, Any]:
+    """One phase with Adam and a cosine schedule to LR_MIN, validated every EVAL_EACH epochs; `step` gives the
+    loss (`supervised_step` by default). A mean teacher follows the model after every step, and is validated too."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
-    return fit(model, phase, iteration, batches, steps, epochs,
-               lambda logits, target: cross_entropy(logits, target, classes.ignore_index), optimizer, best,
-               lr_min=cfg.lr_min, seed=cfg.seed, validate=lambda m: validate(m, val, classes, cfg, rt),
-               eval_each=cfg.eval_each, run=run, rt=rt, compile_model=cfg.compile, mean_teacher=mean_teacher)
+    return fit(model, phase, iteration, batches, steps, epochs, step or supervised_step(classes), optimizer, best,
+               lambda m: validate(m, val, classes, cfg, rt, mean_teacher), run, rt,
+               after_step=mean_teacher.update if mean_teacher else None,
+               beside={"mean_teacher": mean_teacher.model} if mean_teacher else None)
 
 
-def validate(model: nn.Module, val: SegmentationSet, classes: ClassTable, cfg: Config,
-             rt: Runtime) -> tuple[float, dict[str, Any]]:
+def validate(model: nn.Module, val: SegmentationSet, classes: ClassTable, cfg: Config, rt: Runtime,
+             mean_teacher: MeanTeacher | None = None) -> tuple[float, dict[str, Any]]:
     cm = evaluate(model, val.images, val.labels, classes.num_classes, cfg.eval_batch_size, rt)
-    return cm.miou(), {"val_miou": cm.miou(), "val_per_class_iou": cm.summary(classes.names)["per_class_iou"]}
+    details = {"val_miou": cm.miou(), "val_per_class_iou": cm.summary(classes.names)["per_class_iou"]}
+    if mean_teacher is not None:  # often the better model of the two (Mean Teacher)
+        details["mean_teacher_score"] = evaluate(mean_teacher.model, val.images, val.labels, classes.num_classes,
+                                                 cfg.eval_batch_size, rt).miou()
+    return cm.miou(), details
 
 
 def test(model: nn.Module, test_set: SegmentationSet, title: str, classes: ClassTable, cfg: Config,
@@ -378,12 +504,24 @@ def pseudo_label(teacher_model: nn.Module, teacher: Candidate, iteration: int, u
     return pseudo, {**quality, "pseudo_frames": len(kept)}
 
 
+def prediction_quality(model: nn.Module, unlabeled: SegmentationSet, classes: ClassTable, cfg: Config,
+                       rt: Runtime) -> dict[str, Any]:
+    """The online students' counterpart of the pseudo-label quality: how good the model's predictions on the
+    unlabeled images are, where the split protocol knows their labels."""
+    quality: dict[str, Any] = {"pseudo_pixel_acc": None, "pseudo_miou": None, "pseudo_ignored_frac": None,
+                               "pseudo_frames": len(unlabeled)}
+    if unlabeled.labels is not None:
+        cm = evaluate(model, unlabeled.images, unlabeled.labels, classes.num_classes, cfg.eval_batch_size, rt)
+        quality.update(pseudo_pixel_acc=cm.pixel_accuracy(), pseudo_miou=cm.miou())
+    return quality
+
+
 # ----------------------------------------------------------------------------- the experiment
 
 def main(argv: list[str]) -> None:
     cfg, rt, run = start_run(globals(), argv, DEMO, "cam", check_config, make_demo_data)
     classes, labeled, unlabeled, val, test_set = load_data(cfg, rt, run)
-    if cfg.no_iter > 0 and rt.is_main:  # before the teacher trains for hours
+    if cfg.no_iter > 0 and cfg.student_schedule not in ONLINE and rt.is_main:  # before the teacher trains for hours
         run.hold(pseudo_root(cfg), "PSEUDO_ROOT", "runs that overlap need their own --pseudo_root, or wait for "
                                                   "that run to finish")
     save_dir = Path(cfg.save_dir)
@@ -425,30 +563,47 @@ def main(argv: list[str]) -> None:
                 teacher = Candidate(f"student_it{iteration}", save_dir / f"student_it{iteration}_best.pth.tar",
                                     recorded[iteration]["val_miou"])
             continue
-        # 1. The teacher labels the unlabeled frames.
-        with run.timed(f"it{iteration}_pseudo_label"):
-            teacher_model = trained_model(teacher, classes, cfg, rt, run)
-            pseudo, quality = pseudo_label(teacher_model, teacher, iteration, unlabeled, classes, cfg, rt, run)
-        # 2. A student learns from the pseudo-labels and the labels. With PSEUDO_SOFT the teacher stays to
-        # give every pseudo-labeled crop its softmax; with PSEUDO_EMA it follows the student after every step.
+        online = cfg.student_schedule in ONLINE
+        # 1. The teacher labels the unlabeled frames (an online student makes its own targets instead).
+        if not online:
+            with run.timed(f"it{iteration}_pseudo_label"):
+                teacher_model = trained_model(teacher, classes, cfg, rt, run)
+                pseudo, quality = pseudo_label(teacher_model, teacher, iteration, unlabeled, classes, cfg, rt, run)
+        elif unlabeled is None or len(unlabeled) == 0:
+            raise UserError("There are no unlabeled images to learn from: give unlabeled frames (README) or use "
+                            "--labeled_fraction=1/8.")
+        # 2. A student learns from the pseudo-labels and the labels, or (online) from the labels and its own targets.
+        # With PSEUDO_SOFT the teacher stays to give every pseudo-labeled crop its softmax; a mean teacher (PSEUDO_EMA)
+        # follows the student after every step.
         with run.timed(f"it{iteration}_student"):
             model = fresh_model(classes, cfg, rt, iteration) if cfg.student_init == "fresh" else \
                 trained_model(teacher, classes, cfg, rt, run)
             best = Best(save_dir / f"student_it{iteration}_best.pth.tar", "val_iou")
             soft_teacher = teacher_model if cfg.pseudo_soft else None
-            mean_teacher = MeanTeacher(teacher_model, model, cfg.pseudo_ema) if cfg.pseudo_ema > 0 else None
-            if cfg.student_schedule == "joint":  # one phase of mixed batches, at the rate the labels are learned at
+            # A mean teacher starts from the student's own weights: an offline student's, from its teacher.
+            mean_teacher = None if cfg.pseudo_ema == 0 else \
+                MeanTeacher(copy.deepcopy(model) if online else teacher_model, model, cfg.pseudo_ema)
+            if online:  # FixMatch, UniMatch: labeled and unlabeled crops in every batch, one phase
+                shares = [cfg.joint_labeled_share, 1 - cfg.joint_labeled_share]
+                counts, steps = batch_plan([len(labeled), len(unlabeled)], cfg.batch_size, rt, shares)
+                train(model, f"it{iteration}_{cfg.student_schedule}", iteration,
+                      lambda generator: online_batches(labeled, unlabeled, counts, steps, generator, classes, cfg, rt),
+                      steps, cfg.pseudo_epochs, cfg.finetune_lr, best, val, classes, cfg, rt, run,
+                      online_step(classes, cfg, mean_teacher), mean_teacher)
+            elif cfg.student_schedule == "joint":  # one phase of mixed batches, at the rate the labels are learned at
                 shares = [cfg.joint_labeled_share, 1 - cfg.joint_labeled_share]
                 counts, steps = batch_plan([len(labeled), len(pseudo)], cfg.batch_size, rt, shares)
                 train(model, f"it{iteration}_joint", iteration,
                       lambda generator: joint_batches(labeled, pseudo, counts, steps, generator, classes, cfg, rt,
-                                                                 soft_teacher),
-                      steps, cfg.pseudo_epochs, cfg.finetune_lr, best, val, classes, cfg, rt, run, mean_teacher)
+                                                      soft_teacher),
+                      steps, cfg.pseudo_epochs, cfg.finetune_lr, best, val, classes, cfg, rt, run,
+                      mean_teacher=mean_teacher)
             else:  # the thesis: the pseudo-labels first, then fine-tuning on the labels
                 (count,), steps = batch_plan([len(pseudo)], cfg.batch_size, rt)
                 train(model, f"it{iteration}_pseudo", iteration,
                       lambda generator: pseudo_batches(pseudo, count, steps, generator, classes, cfg, rt, soft_teacher),
-                      steps, cfg.pseudo_epochs, cfg.pseudo_lr, best, val, classes, cfg, rt, run, mean_teacher)
+                      steps, cfg.pseudo_epochs, cfg.pseudo_lr, best, val, classes, cfg, rt, run,
+                      mean_teacher=mean_teacher)
                 (count,), steps = batch_plan([len(labeled)], cfg.batch_size, rt)
                 train(model, f"it{iteration}_finetune", iteration,
                       lambda generator: labeled_batches(labeled, count, steps, generator, classes, cfg, rt),
@@ -457,9 +612,11 @@ def main(argv: list[str]) -> None:
             # always, as in the thesis).
             student = Candidate(f"student_it{iteration}", best.path, best.score)
             promoted = cfg.promote_always or student.val > teacher.val
+            student_model = trained_model(student, classes, cfg, rt, run)
+            if online:  # no pseudo-labels: how good the student's own predictions on the unlabeled images are
+                quality = prediction_quality(student_model, unlabeled, classes, cfg, rt)
             entry = {"iteration": iteration, "val_miou": student.val,
-                     **record(trained_model(student, classes, cfg, rt, run), f"student, iteration {iteration}",
-                              f"it{iteration}"),
+                     **record(student_model, f"student, iteration {iteration}", f"it{iteration}"),
                      "promoted": promoted, "teacher": teacher.name, **quality}
         teacher = student if promoted else teacher
         run.summary["iterations"].append(entry)

@@ -2,33 +2,37 @@
 
 The loop of semisup_cam.py: a ResNet-18 teacher learns from the labeled images and labels the rest;
 a student learns from the pseudo-labels and from the labels (one after the other, or mixed in every
-batch); a student that validates better becomes the next teacher. As in the fastest CIFAR-10
-trainers, the uint8 data set lives on the device and batches are indexed and augmented there.
+batch), or makes its own targets online (FixMatch); a student that validates better becomes the next
+teacher. As in the fastest CIFAR-10 trainers, the uint8 data set lives on the device and batches are
+indexed and augmented there.
 
     python semisup_cif.py                    # the thesis protocol; downloads CIFAR-10 if online
     python semisup_cif.py --demo             # a synthetic 10-class set, CPU, minutes
     python semisup_cif.py --pseudo_threshold=0.95 --student_schedule=joint --strong_aug=True
+    python semisup_cif.py --student_schedule=fixmatch --pseudo_threshold=0.95 --joint_labeled_share=1/8
 
 Every constant below can be overridden as --lower_case_name=value.
 """
+import copy
 import math
 import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from data import cifar
 from data.cifar import load_cifar10, split_labeled
 from data.synthetic import make_cifar_like
-from data.transforms import cutout, photometric, translate_flip
+from data.transforms import cutout, photometric, rand_augment, translate_flip
 from models.resnet_cifar import ResNet18
 from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from utils.config import Config, check_loop, check_ranges
+from utils.config import Config, check_choice, check_loop, check_ranges
 from utils.dist import Runtime, seed_everything, teardown
-from utils.engine import (Batch, Best, Candidate, batch_plan, cross_entropy, endless_batches, evaluate, fit,
+from utils.engine import (Batch, Best, Candidate, Step, batch_plan, cross_entropy, endless_batches, evaluate, fit,
                           predict_probs)
 from utils.errors import UserError
 from utils.io import write_json
@@ -58,13 +62,16 @@ PSEUDO_EPOCHS = 60
 PSEUDO_LR = 0.01
 FINETUNE_EPOCHS = 150
 FINETUNE_LR = 0.01
-STUDENT_SCHEDULE = "staged"  # "staged": pseudo epochs, then fine-tune; "joint": mixed batches at FINETUNE_LR
-JOINT_LABELED_SHARE = 0.5  # "joint": share of each batch taken from the labeled set, the rest pseudo-labeled
+STUDENT_SCHEDULE = "staged"  # "staged": pseudo epochs, then fine-tune; "joint": mixed batches at FINETUNE_LR;
+# "fixmatch": labeled and unlabeled images in every batch, the targets made online from weak views
+JOINT_LABELED_SHARE = 0.5  # "joint", "fixmatch": share of each batch taken from the labeled set (FixMatch: 1/8)
+UNLABELED_WEIGHT = 1.0  # "fixmatch": weight of the unlabeled loss (1 as published)
 STUDENT_INIT = "fresh"  # "fresh": a new model each iteration (thesis); "teacher": the teacher's weights
 PROMOTE_ALWAYS = False  # True: the thesis's behaviour, the student replaces the teacher even when worse
-PSEUDO_THRESHOLD = 0.0  # unlabeled images whose teacher confidence is below are left out
+PSEUDO_THRESHOLD = 0.0  # unlabeled images whose teacher confidence is below are left out (online: the weak view's)
 PSEUDO_SOFT = False  # True: the student matches the teacher's softmax on each crop, not its argmax
-PSEUDO_EMA = 0.0  # > 0: PSEUDO_SOFT's teacher follows the student (STUDENT_INIT="teacher") with this momentum
+PSEUDO_EMA = 0.0  # > 0: a mean teacher of this momentum follows the student: PSEUDO_SOFT's teacher (with
+# STUDENT_INIT="teacher"), or the one that gives "fixmatch" its targets
 STRONG_AUG = False  # colour jitter, grayscale, blur and cutout on pseudo-labeled images
 # Running
 DEVICE = "auto"
@@ -90,6 +97,18 @@ Images = tuple[torch.Tensor, torch.Tensor]  # uint8 (N,3,32,32) images and their
 def check_config(cfg: Config) -> None:
     """Refuses, before the run directory records them, settings that would run but mean something else."""
     check_loop(cfg)
+    check_choice(cfg, "student_schedule", ("staged", "joint", "fixmatch"))
+    online = cfg.student_schedule == "fixmatch"
+    if cfg.pseudo_ema > 0 and not online and not (cfg.pseudo_soft and cfg.student_init == "teacher"):
+        raise UserError(f"--pseudo_ema={cfg.pseudo_ema} moves the teacher that gives PSEUDO_SOFT's targets towards a "
+                        "student that started from it: set --pseudo_soft=True and --student_init=teacher (a fresh "
+                        "student's weights cannot be averaged with the teacher's).")
+    if online and (changed := [name for name in ("pseudo_soft", "strong_aug") if cfg[name]]):
+        raise UserError(f"--student_schedule=fixmatch makes its targets online, with its own weak and strong views: "
+                        f"--{changed[0]}=True acts on the teacher's pseudo-labels only. Leave it out.")
+    if not online and cfg.unlabeled_weight != 1.0:
+        raise UserError(f"--unlabeled_weight={cfg.unlabeled_weight} weighs FixMatch's unlabeled loss: use it with "
+                        "--student_schedule=fixmatch.")
     check_ranges(cfg, {"val_size": (lambda v: v >= 1, "images that choose the best checkpoint, at least 1"),
                        "width": (lambda v: v >= 1, "channels of the first stage, e.g. 64")})
 
@@ -166,6 +185,60 @@ def joint_batches(labeled: Images, pseudo: Images, counts: list[int], steps: int
         yield torch.cat([images, pseudo_images]), torch.cat([labels, pseudo_targets])
 
 
+def online_batches(labeled: Images, unlabeled: Images, counts: list[int], steps: int, generator: torch.Generator,
+                   rt: Runtime) -> Iterator[dict]:
+    """FixMatch's batches: counts[0] labeled images; counts[1] unlabeled ones, as a weak view (translate and flip)
+    and a strong one (its own translation and flip, RandAugment's colour operations, cutout). Their labels are
+    never read."""
+    labeled_ids = endless_batches(len(labeled[0]), counts[0], generator, rt)
+    unlabeled_ids = endless_batches(len(unlabeled[0]), counts[1], generator, rt)
+    for _ in range(steps):
+        images, labels = crops(labeled, next(labeled_ids), generator, rt)
+        index = next(unlabeled_ids).to(unlabeled[0].device)
+        chosen = unlabeled[0][index].to(rt.device, non_blocking=True)
+        strong = rand_augment(translate_flip(chosen, 4, generator), generator)
+        yield {"images": images, "labels": labels, "weak": translate_flip(chosen, 4, generator),
+               "strong": cutout(strong, 16, generator, (127.0, 127.0, 127.0), inside=True)}  # FixMatch's grey
+
+
+# ----------------------------------------------------------------------------- training steps
+
+@torch.no_grad()
+def weak_targets(judge: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Confidence and class of each image by `judge` in eval mode, in fp32, without gradient."""
+    training = judge.training
+    judge.eval()
+    confidence, labels = judge(images).float().softmax(1).max(1)
+    judge.train(training)
+    return confidence, labels
+
+
+def fixmatch_step(cfg: Config, mean_teacher: MeanTeacher | None) -> Step:
+    """FixMatch (Sohn et al. 2020, as kekmodel/FixMatch-pytorch trains it): one pass over the labeled, weak and
+    strong images together; the weak views' predictions, detached, are the strong views' targets where their
+    confidence reaches PSEUDO_THRESHOLD; the unlabeled loss is averaged over all unlabeled images. With PSEUDO_EMA
+    the mean teacher makes the targets instead, in eval mode."""
+
+    def step(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        images, count = batch["images"], len(batch["images"])
+        if mean_teacher is None:
+            logits_labeled, logits_weak, logits_strong = model(torch.cat([images, batch["weak"], batch["strong"]])
+                                                               ).split([count, len(batch["weak"]),
+                                                                        len(batch["strong"])])
+            confidence, labels = logits_weak.detach().float().softmax(1).max(1)
+        else:
+            confidence, labels = weak_targets(mean_teacher.model, batch["weak"])
+            logits_labeled, logits_strong = model(torch.cat([images, batch["strong"]])).split(
+                [count, len(batch["strong"])])
+        kept = confidence >= cfg.pseudo_threshold
+        loss_labeled = cross_entropy(logits_labeled, batch["labels"])
+        loss_strong = (F.cross_entropy(logits_strong.float(), labels, reduction="none") * kept).mean()
+        logs = {"loss_labeled": loss_labeled, "loss_strong": loss_strong, "above_threshold": kept.float().mean() * 100}
+        return loss_labeled + cfg.unlabeled_weight * loss_strong, logs
+
+    return step
+
+
 # ----------------------------------------------------------------------------- models
 
 def fresh_model(cfg: Config, rt: Runtime, salt: int) -> nn.Module:
@@ -189,22 +262,29 @@ def accuracy(model: nn.Module, data: Images, cfg: Config, rt: Runtime) -> float:
 
 
 def train(model: nn.Module, phase: str, iteration: int, batches: Any, steps: int, epochs: int, lr: float,
-          best: Best, val: Images, cfg: Config, rt: Runtime, run: Run, mean_teacher: MeanTeacher | None = None,
-          pseudo: Images | None = None) -> dict[str, Any]:
-    """One phase with SGD (Nesterov momentum 0.9) and a cosine schedule to LR_MIN. Phases that learn from
-    `pseudo` also record how often the model agrees with its pseudo-labels, as the thesis printed."""
+          best: Best, val: Images, cfg: Config, rt: Runtime, run: Run, step: Step | None = None,
+          mean_teacher: MeanTeacher | None = None, pseudo: Images | None = None) -> dict[str, Any]:
+    """One phase with SGD (Nesterov momentum 0.9) and a cosine schedule to LR_MIN; `step` gives the loss
+    (cross-entropy against the batch's targets by default). A mean teacher follows the model after every step."""
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
-    monitor = None if pseudo is None else \
-        lambda m: {"pseudo_agreement": accuracy(m, (pseudo[0][:10000], pseudo[1][:10000]), cfg, rt)}
-    return fit(model, phase, iteration, batches, steps, epochs, cross_entropy, optimizer, best, lr_min=cfg.lr_min,
-               seed=cfg.seed, validate=lambda m: validate(m, val, cfg, rt),
-               eval_each=cfg.eval_each, run=run, rt=rt, compile_model=cfg.compile, mean_teacher=mean_teacher,
-               monitor=monitor)
+    step = step or (lambda net, batch: (cross_entropy(net(batch[0]), batch[1]), {}))
+    return fit(model, phase, iteration, batches, steps, epochs, step, optimizer, best,
+               lambda m: validate(m, val, cfg, rt, pseudo, mean_teacher), run, rt,
+               after_step=mean_teacher.update if mean_teacher else None,
+               beside={"mean_teacher": mean_teacher.model} if mean_teacher else None)
 
 
-def validate(model: nn.Module, val: Images, cfg: Config, rt: Runtime) -> tuple[float, dict[str, Any]]:
+def validate(model: nn.Module, val: Images, cfg: Config, rt: Runtime, pseudo: Images | None = None,
+             mean_teacher: MeanTeacher | None = None) -> tuple[float, dict[str, Any]]:
+    """Val accuracy; with `pseudo`, how often the model agrees with its pseudo-labels, as the thesis printed; and
+    the mean teacher's accuracy."""
     score = accuracy(model, val, cfg, rt)
-    return score, {"val_acc": score}
+    details = {"val_acc": score}
+    if pseudo is not None:
+        details["pseudo_agreement"] = accuracy(model, (pseudo[0][:10000], pseudo[1][:10000]), cfg, rt)
+    if mean_teacher is not None:
+        details["mean_teacher_score"] = accuracy(mean_teacher.model, val, cfg, rt)
+    return score, details
 
 
 def test(model: nn.Module, test_set: Images, title: str, cfg: Config, rt: Runtime) -> dict[str, Any]:
@@ -276,29 +356,43 @@ def main(argv: list[str]) -> None:
                 teacher = Candidate(f"student_it{iteration}", save_dir / f"student_it{iteration}_best.pth.tar",
                                     recorded[iteration]["val_acc"])
             continue
-        # 1. The teacher labels the unlabeled images.
-        with run.timed(f"it{iteration}_pseudo_label"):
-            teacher_model = trained_model(teacher, cfg, rt, run)
-            pseudo, quality = pseudo_label(teacher_model, teacher, iteration, unlabeled, cfg, rt, run)
-        # 2. A student learns from the pseudo-labels and the labels. With PSEUDO_SOFT the teacher stays to
-        # give every pseudo-labeled image its softmax; with PSEUDO_EMA it follows the student after every step.
+        online = cfg.student_schedule == "fixmatch"
+        # 1. The teacher labels the unlabeled images (an online student makes its own targets instead).
+        if not online:
+            with run.timed(f"it{iteration}_pseudo_label"):
+                teacher_model = trained_model(teacher, cfg, rt, run)
+                pseudo, quality = pseudo_label(teacher_model, teacher, iteration, unlabeled, cfg, rt, run)
+        # 2. A student learns from the pseudo-labels and the labels, or (online) from the labels and its own targets.
+        # With PSEUDO_SOFT the teacher stays to give every pseudo-labeled image its softmax; a mean teacher
+        # (PSEUDO_EMA) follows the student after every step.
         with run.timed(f"it{iteration}_student"):
             model = fresh_model(cfg, rt, iteration) if cfg.student_init == "fresh" else \
                 trained_model(teacher, cfg, rt, run)
             best = Best(save_dir / f"student_it{iteration}_best.pth.tar", "val_acc")
             soft_teacher = teacher_model if cfg.pseudo_soft else None
-            mean_teacher = MeanTeacher(teacher_model, model, cfg.pseudo_ema) if cfg.pseudo_ema > 0 else None
-            if cfg.student_schedule == "joint":  # one phase of mixed batches, at the rate the labels are learned at
+            # A mean teacher starts from the student's own weights: an offline student's, from its teacher.
+            mean_teacher = None if cfg.pseudo_ema == 0 else \
+                MeanTeacher(copy.deepcopy(model) if online else teacher_model, model, cfg.pseudo_ema)
+            if online:  # FixMatch: labeled and unlabeled images in every batch, one phase
+                shares = [cfg.joint_labeled_share, 1 - cfg.joint_labeled_share]
+                counts, steps = batch_plan([len(labeled[0]), len(unlabeled[0])], cfg.batch_size, rt, shares)
+                train(model, f"it{iteration}_fixmatch", iteration,
+                      lambda generator: online_batches(labeled, unlabeled, counts, steps, generator, rt),
+                      steps, cfg.pseudo_epochs, cfg.finetune_lr, best, val, cfg, rt, run,
+                      fixmatch_step(cfg, mean_teacher), mean_teacher)
+            elif cfg.student_schedule == "joint":  # one phase of mixed batches, at the rate the labels are learned at
                 shares = [cfg.joint_labeled_share, 1 - cfg.joint_labeled_share]
                 counts, steps = batch_plan([len(labeled[0]), len(pseudo[0])], cfg.batch_size, rt, shares)
                 train(model, f"it{iteration}_joint", iteration,
                       lambda generator: joint_batches(labeled, pseudo, counts, steps, generator, cfg, rt, soft_teacher),
-                      steps, cfg.pseudo_epochs, cfg.finetune_lr, best, val, cfg, rt, run, mean_teacher, pseudo)
+                      steps, cfg.pseudo_epochs, cfg.finetune_lr, best, val, cfg, rt, run,
+                      mean_teacher=mean_teacher, pseudo=pseudo)
             else:  # the thesis: the pseudo-labels first, then fine-tuning on the labels
                 (count,), steps = batch_plan([len(pseudo[0])], cfg.batch_size, rt)
                 train(model, f"it{iteration}_pseudo", iteration,
                       lambda generator: pseudo_batches(pseudo, count, steps, generator, cfg, rt, soft_teacher),
-                      steps, cfg.pseudo_epochs, cfg.pseudo_lr, best, val, cfg, rt, run, mean_teacher, pseudo)
+                      steps, cfg.pseudo_epochs, cfg.pseudo_lr, best, val, cfg, rt, run,
+                      mean_teacher=mean_teacher, pseudo=pseudo)
                 (count,), steps = batch_plan([len(labeled[0])], cfg.batch_size, rt)
                 train(model, f"it{iteration}_finetune", iteration,
                       lambda generator: labeled_batches(labeled, count, steps, generator, rt),
@@ -307,8 +401,12 @@ def main(argv: list[str]) -> None:
             # always, as in the thesis).
             student = Candidate(f"student_it{iteration}", best.path, best.score)
             promoted = cfg.promote_always or student.val > teacher.val
+            student_model = trained_model(student, cfg, rt, run)
+            if online:  # no pseudo-labels: how often the student itself is right on the unlabeled images
+                quality = {"pseudo_acc": None, "pseudo_all_acc": accuracy(student_model, unlabeled, cfg, rt),
+                           "pseudo_kept_frac": None}
             entry = {"iteration": iteration, "val_acc": student.val,
-                     **test(trained_model(student, cfg, rt, run), test_set, f"student, iteration {iteration}", cfg, rt),
+                     **test(student_model, test_set, f"student, iteration {iteration}", cfg, rt),
                      "promoted": promoted, "teacher": teacher.name, **quality}
         teacher = student if promoted else teacher
         run.summary["iterations"].append(entry)

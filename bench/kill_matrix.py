@@ -3,7 +3,8 @@
     python bench/kill_matrix.py [--out DIR]
 
 A tiny CamVid run (generated scenes; a teacher, then one staged iteration) is run once whole, then
-once per case: SIGKILL in each phase, during pseudo-label writing and during a checkpoint write,
+once per case: SIGKILL in each phase (and in an online UniMatch student with a mean teacher, against
+its own whole run), during pseudo-label writing and during a checkpoint write,
 Ctrl-C (SIGINT), and a full disk under RUN_DIR, SAVE_DIR and PSEUDO_ROOT (small tmpfs mounts, which
 need root; skipped otherwise, then grown as a user would free space). After each stop the same
 command is run again until it finishes; its summary, per-epoch metrics, final and best weights and
@@ -33,12 +34,13 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 SETTINGS = {"device": "cpu", "pretrained": False, "batch_size": 4, "crop_size": 48, "eval_batch_size": 4,
             "teacher_epochs": 4, "eval_each": 1, "no_iter": 1, "pseudo_epochs": 3, "finetune_epochs": 3,
             "pictures": 0}
+ONLINE = {"student_schedule": "unimatch", "pseudo_ema": 0.9, "student_init": "teacher", "pseudo_threshold": 0.5}
 
 
-def command(data: Path, work: Path) -> list[str]:
+def command(data: Path, work: Path, extra: dict[str, Any] | None = None) -> list[str]:
     folders = {"run_dir": work / "fs_run" / "run", "save_dir": work / "fs_save" / "ckpt",
                "pseudo_root": work / "fs_pseudo" / "pseudo"}
-    return [f"--{k}={v}" for k, v in {"data_root": data, **SETTINGS, **folders}.items()]
+    return [f"--{k}={v}" for k, v in {"data_root": data, **SETTINGS, **(extra or {}), **folders}.items()]
 
 
 def launch(args: list[str], log: Path) -> subprocess.Popen:
@@ -82,7 +84,10 @@ def state(work: Path) -> dict[str, Any]:
             {k: v for k, v in entry.items() if k != "seconds"})
     weights = {}
     for path in sorted(run.glob("last_*.pth.tar")) + sorted(ckpt.glob("*_best.pth.tar")):
-        weights[path.name] = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        weights[path.name] = checkpoint["state_dict"]
+        if "mean_teacher" in checkpoint:
+            weights[f"{path.name}, mean teacher"] = checkpoint["mean_teacher"]
     labels = {p.name: p.read_bytes() for p in sorted((pseudo / "train_pseudoIt1").glob("*.png"))}
     return {"summary": summary, "epochs": epochs, "weights": weights, "labels": labels}
 
@@ -126,12 +131,17 @@ def main() -> None:
     def work_of(name: str) -> Path:
         return out / name
 
-    whole = work_of("whole")
-    began = time.perf_counter()
-    assert subprocess.run([sys.executable, "semisup_cam.py", *command(data, whole)], cwd=REPO, env=ENV,
-                          capture_output=True).returncode == 0, "the uninterrupted run failed"
-    whole_seconds = time.perf_counter() - began
-    reference = state(whole)
+    wholes: dict[str, dict[str, Any]] = {}
+
+    def reference(extra: dict[str, Any]) -> dict[str, Any]:
+        """The state of the uninterrupted run of these settings, run the first time it is asked for."""
+        name = "whole" + "".join(f"_{v}" for v in extra.values())
+        if name not in wholes:
+            began = time.perf_counter()
+            assert subprocess.run([sys.executable, "semisup_cam.py", *command(data, work_of(name), extra)], cwd=REPO,
+                                  env=ENV, capture_output=True).returncode == 0, f"the uninterrupted {name} failed"
+            wholes[name] = {"seconds": round(time.perf_counter() - began, 1), "state": state(work_of(name))}
+        return wholes[name]["state"]
 
     def in_phase(work: Path, phase: str) -> Callable[[], bool]:
         return lambda: (work / "fs_run" / "run" / f"last_{phase}.pth.tar").is_file()
@@ -140,21 +150,23 @@ def main() -> None:
         folder = work / "fs_pseudo" / "pseudo" / "train_pseudoIt1"
         return lambda: folder.is_dir() and len(list(folder.glob("*.png"))) >= 5
 
-    cases: list[tuple[str, Callable[[Path], Callable[[], bool]], int, dict[str, str]]] = [
-        ("SIGKILL in the teacher", lambda w: in_phase(w, "teacher"), signal.SIGKILL, {}),
-        ("SIGKILL while writing pseudo-labels", labels_written, signal.SIGKILL, {}),
-        ("SIGKILL in the student's pseudo phase", lambda w: in_phase(w, "it1_pseudo"), signal.SIGKILL, {}),
-        ("SIGKILL in the student's fine-tuning", lambda w: in_phase(w, "it1_finetune"), signal.SIGKILL, {}),
+    cases: list[tuple[str, Any, int, dict[str, str], dict[str, Any]]] = [
+        ("SIGKILL in the teacher", lambda w: in_phase(w, "teacher"), signal.SIGKILL, {}, {}),
+        ("SIGKILL while writing pseudo-labels", labels_written, signal.SIGKILL, {}, {}),
+        ("SIGKILL in the student's pseudo phase", lambda w: in_phase(w, "it1_pseudo"), signal.SIGKILL, {}, {}),
+        ("SIGKILL in the student's fine-tuning", lambda w: in_phase(w, "it1_finetune"), signal.SIGKILL, {}, {}),
+        ("SIGKILL in an online student (UniMatch, mean teacher)", lambda w: in_phase(w, "it1_unimatch"),
+         signal.SIGKILL, {}, ONLINE),
         ("SIGKILL while writing a checkpoint",
-         lambda w: temporary_file(w / "fs_run" / "run", w / "fs_save" / "ckpt"), signal.SIGKILL, {}),
-        ("Ctrl-C (SIGINT) in the teacher", lambda w: in_phase(w, "teacher"), signal.SIGINT, {}),
-        ("Ctrl-C (SIGINT) while writing pseudo-labels", labels_written, signal.SIGINT, {}),
-        ("full disk under RUN_DIR", None, 0, {"fs_run": "2m"}),
-        ("full disk under SAVE_DIR", None, 0, {"fs_save": "2m"}),
-        ("full disk under PSEUDO_ROOT", None, 0, {"fs_pseudo": "16k"}),
+         lambda w: temporary_file(w / "fs_run" / "run", w / "fs_save" / "ckpt"), signal.SIGKILL, {}, {}),
+        ("Ctrl-C (SIGINT) in the teacher", lambda w: in_phase(w, "teacher"), signal.SIGINT, {}, {}),
+        ("Ctrl-C (SIGINT) while writing pseudo-labels", labels_written, signal.SIGINT, {}, {}),
+        ("full disk under RUN_DIR", None, 0, {"fs_run": "2m"}, {}),
+        ("full disk under SAVE_DIR", None, 0, {"fs_save": "2m"}, {}),
+        ("full disk under PSEUDO_ROOT", None, 0, {"fs_pseudo": "16k"}, {}),
     ]
     rows = []
-    for name, trigger, sig, small in cases:
+    for name, trigger, sig, small, extra in cases:
         work = work_of(re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_"))
         log = work / "log.txt"
         work.mkdir(parents=True)
@@ -163,31 +175,31 @@ def main() -> None:
             if not all(mount(work / folder, size) for folder, size in small.items()):
                 rows.append({**row, "result": "skipped: mounting a tmpfs needs root"})
                 continue
-            code = subprocess.run([sys.executable, "semisup_cam.py", *command(data, work)], cwd=REPO, env=ENV,
+            code = subprocess.run([sys.executable, "semisup_cam.py", *command(data, work, extra)], cwd=REPO, env=ENV,
                                   capture_output=True, text=True)
             row["stop"] = "the disk filled up" if code.returncode else "finished: the disk never filled up"
             row["message"] = code.stderr.strip().splitlines()[-1] if code.stderr.strip() else ""
             for folder in small:  # the user frees space
                 subprocess.run(["mount", "-o", "remount,size=1g", str(work / folder)], check=True)
         else:
-            row["stop"] = stop_when(command(data, work), log, trigger(work), sig)
+            row["stop"] = stop_when(command(data, work, extra), log, trigger(work), sig)
             row["message"] = last_lines(log) if sig == signal.SIGINT else ""
         runs = 1
         while runs < 4:
             runs += 1
-            if subprocess.run([sys.executable, "semisup_cam.py", *command(data, work)], cwd=REPO, env=ENV,
+            if subprocess.run([sys.executable, "semisup_cam.py", *command(data, work, extra)], cwd=REPO, env=ENV,
                               capture_output=True).returncode == 0:
                 break
         row["runs"] = runs
-        differences = compare(state(work), reference)
+        differences = compare(state(work), reference(extra))
         row["result"] = "identical to the whole run" if not differences else "differs: " + ", ".join(differences)
         for folder in small:
             subprocess.run(["umount", str(work / folder)], capture_output=True)
         rows.append(row)
         print(f"{name}: {row['stop']}; {row['runs']} runs; {row['result']}", flush=True)
 
-    (out / "kill_matrix.json").write_text(json.dumps({"whole_run_seconds": round(whole_seconds, 1),
-                                                      "cases": rows}, indent=2) + "\n")
+    seconds = {name: whole["seconds"] for name, whole in wholes.items()}
+    (out / "kill_matrix.json").write_text(json.dumps({"whole_run_seconds": seconds, "cases": rows}, indent=2) + "\n")
     print("\n| case | how it stopped | runs to finish | result |\n|---|---|---|---|")
     for row in rows:
         print(f"| {row['case']} | {row.get('stop', '')} | {row.get('runs', '')} | {row['result']} |")

@@ -93,19 +93,25 @@ class SwiftNet(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, perturbed: bool = False) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Logits of `images`; with `perturbed`, also the logits of the same features with Dropout2d(0.5) on every
+        encoder stage the decoder reads, in training only, decoded in one batch with the clean ones (UniMatch's
+        feature perturbation): then (logits, perturbed logits)."""
         x = (images.float() - self.mean) / self.std
         if self.conv1.weight.is_contiguous(memory_format=torch.channels_last):  # a model made NHWC for bf16
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        skips = []
+        features = []
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             x = stage(x)
-            skips.append(x)
-        x = self.spp(skips[-1])
-        for up, skip in zip(self.upsample, reversed(skips[:-1])):
+            features.append(x)
+        if perturbed:
+            features = [torch.cat([f, F.dropout2d(f, 0.5, self.training)]) for f in features]
+        x = self.spp(features[-1])
+        for up, skip in zip(self.upsample, reversed(features[:-1])):
             x = up(x, skip)
-        return F.interpolate(self.logits(x), images.shape[-2:], mode="bilinear", align_corners=False)
+        logits = F.interpolate(self.logits(x), images.shape[-2:], mode="bilinear", align_corners=False)
+        return logits.chunk(2) if perturbed else logits
 
 
 # The reference nests the pyramid one level deeper and names its parts otherwise; everything else

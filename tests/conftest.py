@@ -12,6 +12,7 @@ import semisup_cam
 from data.synthetic import make_street_scenes
 from utils.dist import Runtime
 from utils.engine import Batch, Best, cross_entropy, fit
+from utils.pseudo import MeanTeacher
 from utils.records import Run
 
 TINY_SIZE = (64, 48)  # width, height: the smallest scenes that still look like streets
@@ -76,12 +77,21 @@ def main_args() -> Callable[..., list[str]]:
     return build
 
 
+# What fit reads from a run's config.
+FIT_CONFIG = {"seed": 0, "lr_min": 0.0, "eval_each": 1}
+
+
+def supervised(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict]:
+    """The plain training step: cross-entropy against the batch's targets."""
+    return cross_entropy(model(batch[0]), batch[1]), {}
+
+
 class Killed(Exception):
     """Stands for the process being killed in the middle of an epoch."""
 
 
 def train_two_epochs(model: torch.nn.Module, make_batch: Callable[[torch.Generator], Batch], work: Path,
-                     stop_in_epoch: int = 0, **options: Any) -> None:
+                     stop_in_epoch: int = 0, mean_teacher: MeanTeacher | None = None) -> None:
     """A student phase of two epochs of 3 steps of `make_batch` with SGD, killed in epoch `stop_in_epoch` (if
     any), its run directory under `work`: for tests that a resumed phase ends as an uninterrupted one."""
     epochs_started = []
@@ -93,7 +103,8 @@ def train_two_epochs(model: torch.nn.Module, make_batch: Callable[[torch.Generat
                 raise Killed
             yield make_batch(generator)
 
-    run = Run(work / "run", {"run_dir": str(work / "run"), "resume": True})
-    fit(model, "it1_joint", 1, batches, 3, 2, cross_entropy, torch.optim.SGD(model.parameters(), lr=0.5),
-        Best(work / "best.pth.tar", "val_iou"), lr_min=0.0, seed=0, validate=lambda m: (0.0, {}), eval_each=1,
-        run=run, rt=Runtime(torch.device("cpu")), **options)
+    run = Run(work / "run", {"run_dir": str(work / "run"), "resume": True, **FIT_CONFIG})
+    fit(model, "it1_joint", 1, batches, 3, 2, supervised, torch.optim.SGD(model.parameters(), lr=0.5),
+        Best(work / "best.pth.tar", "val_iou"), lambda m: (0.0, {}), run, Runtime(torch.device("cpu")),
+        after_step=mean_teacher.update if mean_teacher else None,
+        beside={"mean_teacher": mean_teacher.model} if mean_teacher else None)

@@ -39,6 +39,8 @@ from utils.engine import TrainingDiverged
 from utils.errors import UserError
 from utils.records import Run
 
+from conftest import FIT_CONFIG, supervised
+
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 SIZE = (64, 48)
@@ -160,10 +162,10 @@ def saved_epochs_of_a_six_epoch_phase(tmp_path: Path, monkeypatch: pytest.Monkey
         yield torch.rand(2, 3, 4, 4, generator=generator), torch.randint(0, 2, (2, 4, 4), generator=generator)
 
     model = torch.nn.Conv2d(3, 2, 1)
-    run = Run(tmp_path / "run", {"run_dir": str(tmp_path / "run"), "resume": True})
-    engine.fit(model, "teacher", 0, batches, 1, 6, engine.cross_entropy, torch.optim.SGD(model.parameters(), lr=0.1),
-               engine.Best(tmp_path / "best.pth.tar", "val_iou"), lr_min=0.0, seed=0,
-               validate=lambda model: (0.0, {}), eval_each=3, run=run, rt=Runtime(torch.device("cpu")))
+    run = Run(tmp_path / "run", {"run_dir": str(tmp_path / "run"), "resume": True, **FIT_CONFIG, "eval_each": 3})
+    engine.fit(model, "teacher", 0, batches, 1, 6, supervised, torch.optim.SGD(model.parameters(), lr=0.1),
+               engine.Best(tmp_path / "best.pth.tar", "val_iou"), lambda model: (0.0, {}), run,
+               Runtime(torch.device("cpu")))
     return saved
 
 
@@ -672,19 +674,18 @@ def test_divergence_after_a_good_epoch_keeps_the_last_good_state(tmp_path: Path)
     batch = (torch.ones(4, 2), torch.zeros(4, dtype=torch.long))
     scale = [1.0]
 
-    def loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.cross_entropy(out, target) * scale[0]
+    def step(net: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        return torch.nn.functional.cross_entropy(net(batch[0]), batch[1]) * scale[0], {}
 
     def validate(m: torch.nn.Module) -> tuple[float, dict[str, Any]]:
         scale[0] = float("nan")  # the epoch after the first evaluation diverges
         return 50.0, {}
 
-    run = Run(tmp_path / "run", {"run_dir": str(tmp_path / "run"), "resume": True})
+    run = Run(tmp_path / "run", {"run_dir": str(tmp_path / "run"), "resume": True, **FIT_CONFIG})
     with pytest.raises(TrainingDiverged, match=r"epoch 2: its loss became nan\. The last good state is kept in "
                                                r".*last_teacher\.pth\.tar; a re-run resumes from it") as caught:
-        fit(model, "teacher", 0, lambda g: iter([batch]), 1, 3, loss, torch.optim.SGD(model.parameters(), lr=0.1),
-            Best(tmp_path / "ckpt" / "best.pth.tar", "val_iou"), lr_min=0.0, seed=0, validate=validate,
-            eval_each=1, run=run, rt=Runtime(torch.device("cpu")))
+        fit(model, "teacher", 0, lambda g: iter([batch]), 1, 3, step, torch.optim.SGD(model.parameters(), lr=0.1),
+            Best(tmp_path / "ckpt" / "best.pth.tar", "val_iou"), validate, run, Runtime(torch.device("cpu")))
     last = load_checkpoint(tmp_path / "run" / "last_teacher.pth.tar")
     assert last["epoch"] == 1 and all(torch.isfinite(t).all() for t in last["state_dict"].values())
     named = [word.strip(".,;") for word in str(caught.value).split() if ".pth.tar" in word]

@@ -143,6 +143,24 @@ def test_two_runs_give_one_column_per_run(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "curves.png").is_file()
 
 
+def test_an_online_student_gets_a_table_of_its_loss_terms_per_epoch(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run")
+    online = [{"phase": "it1_unimatch", "iteration": 1, "epoch": epoch, "step": 10 * epoch, "loss": 1.0 / epoch,
+               "loss_labeled": 0.5, "loss_strong": 0.25 * epoch, "loss_perturbed": 0.125, "above_threshold": 40.0
+               + epoch, "lr": 1e-3, "seconds": epoch, **({"score": 30.0} if epoch == 2 else {})} for epoch in (1, 2)]
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write("".join(json.dumps(line) + "\n" for line in online))
+    text = report.write_report([run], tmp_path / "out").read_text()
+    section = text[text.index("## Online students"):]
+    assert "| epoch | loss | labeled loss | strong-view loss | perturbed-feature loss | unlabeled above threshold " \
+           "(%) | val mIoU |" in section
+    assert "| 1 | 1.00 | 0.50 | 0.25 | 0.12 | 41.00 | – |" in section
+    assert "| 2 | 0.50 | 0.50 | 0.50 | 0.12 | 42.00 | 30.00 |" in section
+    assert "it1_pseudo" not in section  # offline phases log no terms
+    assert "## Online students" not in report.write_report([make_run(tmp_path / "offline")],
+                                                           tmp_path / "out2").read_text()
+
+
 def test_several_runs_need_out_and_a_missing_run_is_explained(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run")
     with pytest.raises(SystemExit, match="^error: .*--out DIR"):

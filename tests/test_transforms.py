@@ -240,3 +240,92 @@ def test_cutout_fills_one_square_with_the_fill_colour() -> None:
         assert torch.equal(after[:, ~filled], before[:, ~filled])
         full_squares += int(filled.sum()) == size * size
     assert full_squares > 0  # squares clipped by the border are allowed, but not all are clipped
+
+
+# ----------------------------------------------------------------------------- strong views of the online students
+
+def pil_images(count: int, seed: int, size: int = 32) -> tuple[torch.Tensor, list]:
+    """uint8 images as a float tensor (B,3,H,W) and as PIL images: smooth gradients plus noise, not flat."""
+    from PIL import Image
+    g = gen(seed)
+    ramp = torch.linspace(0, 1, size)
+    base = torch.rand(count, 3, 1, 1, generator=g) * 120 + 60 * ramp[None, None, :, None] + 60 * ramp[None, None, None]
+    images = (base + torch.rand(count, 3, size, size, generator=g) * 60).clamp(0, 255).round()
+    return images, [Image.fromarray(i.permute(1, 2, 0).to(torch.uint8).numpy()) for i in images]
+
+
+def as_tensor(picture: "PIL.Image.Image") -> torch.Tensor:  # noqa: F821
+    import numpy as np
+    return torch.from_numpy(np.array(picture.convert("RGB"))).permute(2, 0, 1).float()
+
+
+def test_randaugments_colour_operations_equal_pils() -> None:
+    from PIL import ImageEnhance, ImageOps
+
+    from data.transforms import _auto_contrast, _blend, _equalize, _pil_grey, _smooth
+    images, pictures = pil_images(6, 0)
+    factor = torch.full((6,), 0.41)
+    ours = {"autocontrast": _auto_contrast(images), "equalize": _equalize(images),
+            "brightness": _blend(torch.zeros_like(images), images, factor).floor(),
+            "colour": _blend(_pil_grey(images).round().expand_as(images), images, factor).floor(),
+            "contrast": _blend(_pil_grey(images).round().mean((1, 2, 3), keepdim=True).round().expand_as(images),
+                               images, factor).floor(),
+            "sharpness": _blend(_smooth(images), images, factor).floor()}
+    theirs = {"autocontrast": [ImageOps.autocontrast(p) for p in pictures],
+              "equalize": [ImageOps.equalize(p) for p in pictures],
+              "brightness": [ImageEnhance.Brightness(p).enhance(0.41) for p in pictures],
+              "colour": [ImageEnhance.Color(p).enhance(0.41) for p in pictures],
+              "contrast": [ImageEnhance.Contrast(p).enhance(0.41) for p in pictures],
+              "sharpness": [ImageEnhance.Sharpness(p).enhance(0.41) for p in pictures]}
+    for name, mine in ours.items():
+        reference = torch.stack([as_tensor(p) for p in theirs[name]])
+        assert (mine - reference).abs().max() <= 1, name  # PIL rounds some sums, we floor them
+        assert (mine == reference).float().mean() > 0.9, name
+
+
+def test_rand_augment_keeps_integer_levels_and_repeats_with_its_seed() -> None:
+    from data.transforms import rand_augment
+    images, _ = pil_images(64, 1)
+    out = rand_augment(images, gen(3))
+    assert torch.equal(out, rand_augment(images, gen(3))) and not torch.equal(out, rand_augment(images, gen(4)))
+    assert torch.equal(out, out.round()) and out.min() >= 0 and out.max() <= 255
+    changed = (out != images).flatten(1).any(1).float().mean()
+    assert 0.5 < changed < 0.95  # each of two draws applies with probability 0.5, identity among them
+
+
+def test_fixmatchs_cutout_keeps_its_square_whole_inside_at_the_top_left() -> None:
+    images = torch.zeros(400, 3, 32, 32)
+    out = cutout(images, 16, gen(0), (127.0, 127.0, 127.0), inside=True)
+    area = (out[:, 0] == 127).flatten(1).sum(1)
+    rows, cols = (out[:, 0] == 127).any(2).float().argmax(1), (out[:, 0] == 127).any(1).float().argmax(1)
+    assert torch.equal(area[(rows < 16) & (cols < 16)], torch.full_like(area[(rows < 16) & (cols < 16)], 256))
+    assert area.max() == 256 and area.min() >= 1
+
+
+def test_colour_jitter_equals_torchvisions_operations_in_each_samples_order() -> None:
+    import torchvision.transforms.v2.functional as TF
+
+    from data.transforms import colour_jitter
+    images, _ = pil_images(8, 2)
+    out = colour_jitter(images, gen(5), p=1.0)
+    g = gen(5)  # the draws of colour_jitter, in its order
+    torch.rand(8, generator=g)
+    factors = [0.5 + torch.rand(8, generator=g) for _ in range(3)] + [-0.25 + 0.5 * torch.rand(8, generator=g)]
+    order = torch.rand(8, 4, generator=g).argsort(1)
+    operations = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
+    for i in range(8):
+        x = images[i] / 255
+        for kind in order[i].tolist():
+            x = operations[kind](x, factors[kind][i].item())
+        torch.testing.assert_close(out[i] / 255, x, atol=2e-4, rtol=0)
+
+
+def test_gaussian_blur_equals_torchvisions() -> None:
+    import torchvision.transforms.v2.functional as TF
+
+    from data.transforms import gaussian_blur
+    images, _ = pil_images(3, 4)
+    for sigma in (0.3, 1.2, 2.0):
+        out = gaussian_blur(images, gen(0), sigma=(sigma, sigma), p=1.0)
+        torch.testing.assert_close(out, TF.gaussian_blur(images, [13, 13], [sigma, sigma]), atol=0.01, rtol=0)
+    assert torch.equal(gaussian_blur(images, gen(0), p=0.0), images)

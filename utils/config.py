@@ -113,8 +113,9 @@ LOOP_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "labeled_fraction": (lambda v: 0 < v <= 1, "the share of the train images that keeps its labels, in (0, 1]"),
     "max_unlabeled": (lambda v: v >= 0, "a cap on the unlabeled images, 0 for none"),
     "pseudo_threshold": (lambda v: 0 <= v <= 1, "a confidence between 0 (keep everything) and 1"),
-    "joint_labeled_share": (lambda v: 0 < v < 1, "the labeled share of each joint batch, between 0 and 1 (both "
-                                                 "ends excluded: a joint batch needs crops of both kinds)"),
+    "joint_labeled_share": (lambda v: 0 < v < 1, "the labeled share of each student batch, between 0 and 1 (both "
+                                                 "ends excluded: a mixed batch needs crops of both kinds)"),
+    "unlabeled_weight": (_rate, "the weight of the unlabeled loss terms, 0 or more (1 as published)"),
     "pseudo_ema": (lambda v: 0 <= v < 1, "the momentum of the mean teacher, at least 0 (off) and below 1, e.g. 0.99"),
 }
 
@@ -122,11 +123,5 @@ LOOP_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 def check_loop(cfg: Mapping[str, Any]) -> None:
     """Refuses loop settings, common to both scripts, that would run but mean something else than asked,
     before anything is written (a value corrected later would be another config)."""
-    check_choice(cfg, "student_schedule", ("staged", "joint"))
     check_choice(cfg, "student_init", ("fresh", "teacher"))
     check_ranges(cfg, LOOP_RULES)
-    momentum = cfg["pseudo_ema"]
-    if momentum > 0 and not (cfg["pseudo_soft"] and cfg["student_init"] == "teacher"):
-        raise UserError(f"--pseudo_ema={momentum} moves the teacher that gives PSEUDO_SOFT's targets towards a "
-                        "student that started from it: set --pseudo_soft=True and --student_init=teacher (a fresh "
-                        "student's weights cannot be averaged with the teacher's).")

@@ -1,6 +1,6 @@
 """Training and evaluation mechanics shared by both experiments: the loss, shuffled batches, an epoch, a phase
 with resume and best checkpoint (`fit`), evaluation and batched prediction. What a phase trains on (its batches,
-targets and loss) is decided by the entry scripts and passed in."""
+targets and loss: the training step) is written in the entry scripts and passed in."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,10 +21,10 @@ from utils.errors import UserError
 from utils.metrics import ConfusionMatrix
 from utils.records import Run
 
-if TYPE_CHECKING:
-    from utils.pseudo import MeanTeacher
-
 Batch = tuple[torch.Tensor, torch.Tensor]
+# A training step: the loss of one batch for the model, and named numbers to average over the epoch and record
+# (the terms of the loss, say). It runs under autocast; fit does the backward pass and the optimizer step.
+Step = Callable[[nn.Module, Any], tuple[torch.Tensor, Mapping[str, torch.Tensor]]]
 
 
 class TrainingDiverged(UserError):
@@ -76,29 +76,32 @@ def batch_plan(sizes: Sequence[int], batch_size: int, rt: Runtime,
     return counts, max(size // min(count, size) for size, count in zip(sizes, counts))
 
 
-def train_one_epoch(model: nn.Module, batches: Iterable[Batch], steps: int, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, loss_fn: Callable, rt: Runtime,
-                    desc: str = "train", after_step: Callable[[], None] | None = None) -> float:
-    """One pass over `batches`; returns the mean loss (one device sync per epoch, plus the bar's)."""
+def train_one_epoch(model: nn.Module, batches: Iterable[Any], steps: int, step: Step,
+                    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, rt: Runtime,
+                    desc: str = "train", after_step: Callable[[], None] | None = None) -> dict[str, float]:
+    """One pass over `batches`; returns the mean loss and the means of what `step` logs (one device sync per
+    epoch, plus the bar's)."""
     model.train()
-    total = torch.zeros((), device=rt.device)
+    totals = {"loss": torch.zeros((), device=rt.device)}
     bar = tqdm(batches, total=steps, desc=desc, leave=False, disable=not rt.is_main, dynamic_ncols=True)
-    for step, (images, target) in enumerate(bar):
+    for index, batch in enumerate(bar):
         with rt.autocast():
-            loss = loss_fn(model(images), target)
+            loss, logs = step(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
         if after_step is not None:
             after_step()
-        total += loss.detach()
-        if step % 10 == 0:
+        for name, value in {"loss": loss, **logs}.items():
+            totals[name] = totals[name] + value.detach() if name in totals else value.detach().float()
+        if index % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
+    sums = torch.stack(list(totals.values()))
     if rt.distributed:
-        torch.distributed.all_reduce(total)
-        total /= rt.world
-    return total.item() / max(steps, 1)
+        torch.distributed.all_reduce(sums)
+        sums /= rt.world
+    return {name: total / max(steps, 1) for name, total in zip(totals, sums.tolist())}
 
 
 @torch.inference_mode()
@@ -165,7 +168,7 @@ class Candidate:
     of_this_run: bool = True  # False for TEACHER_CHECKPOINT, which another run wrote
 
 
-def _resume_state(path: Path, with_mean_teacher: bool, phase: str, run: Run) -> dict[str, Any] | None:
+def _resume_state(path: Path, beside: Mapping[str, nn.Module], phase: str, run: Run) -> dict[str, Any] | None:
     """The phase's resume checkpoint; None when there is none, or when it cannot be used (then the phase
     starts over, which only costs the time it had trained)."""
     if not path.is_file():
@@ -176,8 +179,7 @@ def _resume_state(path: Path, with_mean_teacher: bool, phase: str, run: Run) -> 
         run.note(f"{error} The phase {phase} starts over.")
         return None
     needed = ["state_dict", "optimizer", "scheduler", "rng", "epoch", "seconds", "loss", "best_score", "best_epoch"]
-    needed += ["mean_teacher"] if with_mean_teacher else []
-    missing = [field for field in needed if field not in state]
+    missing = [field for field in [*needed, *beside] if field not in state]
     if missing:
         run.note(f"{path} lacks {', '.join(missing)} to resume from: the phase {phase} starts over.")
         return None
@@ -196,19 +198,19 @@ def _diverged(phase: str, epoch: int, what: str, last_path: Path) -> TrainingDiv
 RESUME_SAVE_EVERY_S = 60.0
 
 
-def fit(model: nn.Module, phase: str, iteration: int, batches: Callable[[torch.Generator], Iterator[Batch]],
-        steps: int, epochs: int, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        optimizer: torch.optim.Optimizer, best: Best, *, lr_min: float, seed: int,
-        validate: Callable[[nn.Module], tuple[float, dict[str, Any]]], eval_each: int, run: Run, rt: Runtime,
-        compile_model: bool = False, mean_teacher: MeanTeacher | None = None,
-        monitor: Callable[[nn.Module], dict[str, Any]] | None = None) -> dict[str, Any]:
+def fit(model: nn.Module, phase: str, iteration: int, batches: Callable[[torch.Generator], Iterator[Any]],
+        steps: int, epochs: int, step: Step, optimizer: torch.optim.Optimizer, best: Best,
+        validate: Callable[[nn.Module], tuple[float, dict[str, Any]]], run: Run, rt: Runtime, *,
+        after_step: Callable[[], None] | None = None, beside: Mapping[str, nn.Module] | None = None) -> dict[str, Any]:
     """Trains `model` through one phase of `epochs` epochs of `steps` batches, with a cosine schedule from the
-    optimizer's rate to `lr_min`; resumes the phase if it was interrupted, skips it if done.
+    optimizer's rate to the run's LR_MIN; resumes the phase if it was interrupted, skips it if done.
 
     `batches(generator)` yields an epoch; the generator's state is kept in the resume checkpoint so a resumed phase
-    draws the same crops. The best validation score's weights go to `best.path`; a `mean_teacher` is moved after
-    every step and validated too; `monitor` adds numbers to each evaluation's record. Returns the phase's record,
-    with the final weights in `model`."""
+    draws the same crops. `step` gives each batch's loss; `after_step` runs after every optimizer step. Models a
+    method keeps `beside` the trained one (a mean teacher) are saved and resumed with it. Every EVAL_EACH epochs
+    `validate` scores the model, and the best score's weights go to `best.path`. Returns the phase's record, with
+    the final weights in `model`."""
+    beside = beside or {}
     last_path = run.folder / f"last_{phase}.pth.tar"
     finished = run.progress.get(phase)
     if finished is not None:
@@ -220,10 +222,12 @@ def fit(model: nn.Module, phase: str, iteration: int, batches: Callable[[torch.G
             run.note(f"{error} The finished phase {phase} is trained again to rebuild them.")
             run.mark_done(phase, None)
 
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, epochs * steps), eta_min=lr_min)
+    seed, eval_each = run.config["seed"], run.config["eval_each"]
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, epochs * steps),
+                                                           eta_min=run.config["lr_min"])
     generator = torch.Generator().manual_seed(seed * 1009 + zlib.crc32(phase.encode()))
     start_epoch, seconds, loss = 0, 0.0, math.nan
-    state = _resume_state(last_path, mean_teacher is not None, phase, run)
+    state = _resume_state(last_path, beside, phase, run)
     if state is not None:
         load_weights(model, state, last_path)
         optimizer.load_state_dict(state["optimizer"])
@@ -234,36 +238,37 @@ def fit(model: nn.Module, phase: str, iteration: int, batches: Callable[[torch.G
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         start_epoch, seconds, loss = state["epoch"], state["seconds"], state["loss"]
         best.score, best.epoch = state["best_score"], state["best_epoch"]
-        if mean_teacher is not None:
-            mean_teacher.model.load_state_dict(state["mean_teacher"])
+        for name, kept in beside.items():
+            kept.load_state_dict(state[name])
     run.forget_epochs_after(phase, start_epoch)  # epochs logged after the resume checkpoint are trained again
 
     def save_last(epoch: int, **fields: Any) -> None:
-        """The phase's checkpoint keeps, beside the model, the mean teacher that follows it."""
-        teacher = {} if mean_teacher is None else {"mean_teacher": mean_teacher.model.state_dict()}
+        """The phase's checkpoint keeps, beside the model, the models the method keeps beside it."""
         save_checkpoint(last_path, phase=phase, iteration=iteration, epoch=epoch, state_dict=model.state_dict(),
-                        **fields, config=dict(run.config), run_id=run.id, **teacher)
+                        **fields, config=dict(run.config), run_id=run.id,
+                        **{name: kept.state_dict() for name, kept in beside.items()})
 
     train_model = rt.wrap(model)
-    if compile_model:
+    if run.config.get("compile"):
         train_model = torch.compile(train_model)
     bar = tqdm(range(start_epoch + 1, epochs + 1), desc=phase, initial=start_epoch, total=epochs,
                disable=not rt.is_main, dynamic_ncols=True)
     last_saved = time.monotonic()
     for epoch in bar:
         began = time.perf_counter()
-        loss = train_one_epoch(train_model, batches(generator), steps, optimizer, scheduler, loss_fn, rt,
-                               desc=f"epoch {epoch}", after_step=mean_teacher.update if mean_teacher else None)
+        means = train_one_epoch(train_model, batches(generator), steps, step, optimizer, scheduler, rt,
+                                desc=f"epoch {epoch}", after_step=after_step)
+        loss = means.pop("loss")
         weights = [t for t in model.state_dict().values() if t.is_floating_point()]  # BatchNorm statistics too
         if not math.isfinite(loss) or not torch.stack([t.isfinite().all() for t in weights]).all():
             raise _diverged(phase, epoch, f"its loss became {loss}" if not math.isfinite(loss) else
                             "its weights became NaN or infinite", last_path)
         seconds += time.perf_counter() - began
         entry = {"phase": phase, "iteration": iteration, "epoch": epoch, "step": epoch * steps, "loss": loss,
-                 "lr": scheduler.get_last_lr()[0], "seconds": round(seconds, 3)}
+                 **means, "lr": scheduler.get_last_lr()[0], "seconds": round(seconds, 3)}
         rt.sync_buffers(model)
-        if mean_teacher is not None:  # it averaged each process's own statistics into its buffers
-            rt.sync_buffers(mean_teacher.model)
+        for kept in beside.values():  # a mean teacher averaged each process's own statistics into its buffers
+            rt.sync_buffers(kept)
         evaluated = epoch % eval_each == 0 or epoch == epochs
         if evaluated:
             try:
@@ -271,9 +276,7 @@ def fit(model: nn.Module, phase: str, iteration: int, batches: Callable[[torch.G
             except TrainingDiverged:  # evaluate's, which cannot name the phase
                 raise _diverged(phase, epoch, "its logits on the validation images became NaN or infinite",
                                 last_path) from None
-            entry.update(score=score, **details, **(monitor(model) if monitor else {}))
-            if mean_teacher is not None:  # often the better model of the two (Mean Teacher)
-                entry["mean_teacher_score"] = validate(mean_teacher.model)[0]
+            entry.update(score=score, **details)
             if score > best.score:
                 best.score, best.epoch = score, epoch
                 if rt.is_main:
@@ -296,7 +299,7 @@ def fit(model: nn.Module, phase: str, iteration: int, batches: Callable[[torch.G
     run.mark_done(phase, result)
     if rt.is_main:
         # The optimizer state is only needed to resume inside the phase: keep the final weights alone
-        # (and those of the mean teacher, which one may want to evaluate).
+        # (and those of the models kept beside, which one may want to evaluate).
         save_last(epochs, result=result)
     rt.barrier()
     return result

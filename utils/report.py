@@ -34,6 +34,11 @@ COLUMNS = {
 }
 
 
+# What an online student (FixMatch, UniMatch) logs per epoch besides its loss, {key: title}.
+TERMS = {"loss_labeled": "labeled loss", "loss_strong": "strong-view loss", "loss_perturbed": "perturbed-feature loss",
+         "above_threshold": "unlabeled above threshold (%)"}
+
+
 def _read_json(path: Path) -> Any:
     """The file's JSON, or {} where the run has not written the file (yet)."""
     if not path.is_file():
@@ -187,6 +192,22 @@ def gap_section(runs: Sequence[SimpleNamespace], references: Sequence[SimpleName
     return "\n".join(lines + [summary, ""])
 
 
+def terms_section(run: SimpleNamespace) -> str:
+    """Per epoch of each online phase: its loss terms and the share of unlabeled pixels (images) above the
+    threshold, the figures that show whether the student learns from its own targets. Empty without such phases."""
+    phases: dict[str, list[dict[str, Any]]] = {}
+    for entry in run.metrics:
+        if "above_threshold" in entry:
+            phases.setdefault(entry["phase"], []).append(entry)
+    parts = []
+    for phase, entries in phases.items():
+        keys = ["loss", *(key for key in TERMS if key in entries[0]), "score"]
+        titles = ["loss", *(TERMS[key] for key in keys[1:-1]), f"val {SCORE_TITLES[run.score]}"]
+        rows = [[str(e["epoch"]), *(format_number(e.get(key), MISSING) for key in keys)] for e in entries]
+        parts += [f"### {run.label}, {phase}", "", markdown_table(["epoch", *titles], rows), ""]
+    return "\n".join(["## Online students: loss terms per epoch", "", *parts]) if parts else ""
+
+
 def draw_curves(run: SimpleNamespace, val_ax: Any, loss_ax: Any) -> None:
     """Each phase after the previous one on one axis of training steps (epochs in records that lack them),
     so that phases read left to right at the length their training had."""
@@ -202,6 +223,9 @@ def draw_curves(run: SimpleNamespace, val_ax: Any, loss_ax: Any) -> None:
                     label=phase)
         loss_ax.plot(where, [e.get("loss") for e in entries], marker="." if len(entries) <= 60 else None,
                      linewidth=1, color=f"C{i % 10}", label=phase)
+        for style, key in zip(("--", ":", "-."), (k for k in TERMS if k != "above_threshold" and k in entries[0])):
+            loss_ax.plot(where, [e.get(key) for e in entries], style, linewidth=1, color=f"C{i % 10}",
+                         label=f"{phase}: {TERMS[key]}")
         offset = max(where)
     for ax, title in ((val_ax, f"validation {SCORE_TITLES[run.score]} (%)"), (loss_ax, "training loss")):
         ax.set_title(f"{run.label}: {title}", fontsize=9)
@@ -275,6 +299,7 @@ def write_report(run_dirs: Sequence[Path], out: Path, reference_dirs: Sequence[P
         sections.append(gap_section(runs, references))
     sections += [run_section(run) for run in runs]
     sections.append(per_class_section(runs))
+    sections += [terms_section(run) for run in runs]
     try:
         out.mkdir(parents=True, exist_ok=True)
         sections.append(plots_section(runs, out))
