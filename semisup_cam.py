@@ -108,13 +108,15 @@ DEMO = dict(DATA_ROOT="data/demo_camvid", SAVE_DIR="saved_models/demo_cam", PRET
             STUDENT_INIT="teacher", PSEUDO_SOFT=True, PSEUDO_EMA=0.98, PSEUDO_EPOCHS=5, FINETUNE_LR=1e-3)
 
 
-ONLINE = ("fixmatch", "unimatch")  # schedules whose students make their own targets, without PNGs
+def is_online(cfg: Config) -> bool:
+    """Whether the student makes its own targets (FixMatch, UniMatch), without a teacher's pseudo-labels."""
+    return cfg.student_schedule in ("fixmatch", "unimatch")
 
 
 def check_config(cfg: Config) -> None:
     """Refuses, before the run directory records them, settings that would run but mean something else."""
     check_loop(cfg)
-    check_choice(cfg, "student_schedule", ("staged", "joint", *ONLINE))
+    check_choice(cfg, "student_schedule", ("staged", "joint", "fixmatch", "unimatch"))
     check_choice(cfg, "dataset", ("camvid", "cityscapes", "folder"))
     check_choice(cfg, "normalization", ("dataset", "thesis"))
     check_ranges(cfg, {
@@ -128,7 +130,7 @@ def check_config(cfg: Config) -> None:
                                                      "from, above 0 and at most 1 (1 = all of them)"),
         "pictures": (lambda v: v >= 0, "how many images to draw after each model, 0 for none"),
     })
-    online = cfg.student_schedule in ONLINE
+    online = is_online(cfg)
     if cfg.pseudo_ema > 0 and not online and not (cfg.pseudo_soft and cfg.student_init == "teacher"):
         raise UserError(f"--pseudo_ema={cfg.pseudo_ema} moves the teacher that gives PSEUDO_SOFT's targets towards a "
                         "student that started from it: set --pseudo_soft=True and --student_init=teacher (a fresh "
@@ -521,7 +523,7 @@ def prediction_quality(model: nn.Module, unlabeled: SegmentationSet, classes: Cl
 def main(argv: list[str]) -> None:
     cfg, rt, run = start_run(globals(), argv, DEMO, "cam", check_config, make_demo_data)
     classes, labeled, unlabeled, val, test_set = load_data(cfg, rt, run)
-    if cfg.no_iter > 0 and cfg.student_schedule not in ONLINE and rt.is_main:  # before the teacher trains for hours
+    if cfg.no_iter > 0 and not is_online(cfg) and rt.is_main:  # before the teacher trains for hours
         run.hold(pseudo_root(cfg), "PSEUDO_ROOT", "runs that overlap need their own --pseudo_root, or wait for "
                                                   "that run to finish")
     save_dir = Path(cfg.save_dir)
@@ -563,7 +565,7 @@ def main(argv: list[str]) -> None:
                 teacher = Candidate(f"student_it{iteration}", save_dir / f"student_it{iteration}_best.pth.tar",
                                     recorded[iteration]["val_miou"])
             continue
-        online = cfg.student_schedule in ONLINE
+        online = is_online(cfg)
         # 1. The teacher labels the unlabeled frames (an online student makes its own targets instead).
         if not online:
             with run.timed(f"it{iteration}_pseudo_label"):
