@@ -6,11 +6,11 @@ another city) and hands its masks to other tools:
     python predict.py --checkpoint saved_models/pseudo_cam/teacher_best.pth.tar \\
         --images data/camvid/unlabeled/train --out predictions
 
-writes OUT/index/<name>.png (class indices: CamVid's 0..10, Cityscapes' 19 train ids, or those of
-your classes.json; the format of the labels) and OUT/colour/<name>.png (the data set's colours),
-each at its image's own size. Images are predicted at
---image-scale (by default the scale the checkpoint was trained at) and the class probabilities
-are resized back bilinearly, as for the pseudo-labels.
+writes OUT/index/<name>.png (class indices: CamVid's 0..10, Cityscapes' 19 train ids, Pascal VOC's
+0..20, or those of your classes.json; the format of the labels) and OUT/colour/<name>.png (the data
+set's colours), each at its image's own size, whatever the sizes and orientations of the images.
+Images are predicted at --image-scale (by default the scale the checkpoint was trained at, with its
+MAX_SIDE) and the class probabilities are resized back bilinearly, as for the pseudo-labels.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from data import camvid, cityscapes, folder
+from data.datasets import DATASETS
 from data.segmentation import ClassTable, decode_image, image_files, image_size
 from models.swiftnet import swiftnet_rn18
 from utils.checkpoint import load_checkpoint, load_weights
@@ -38,12 +38,8 @@ from utils.pictures import colourise
 
 def class_table(config: dict) -> ClassTable:
     """The classes, colours and statistics of the data set a checkpoint's run trained on."""
-    dataset = config.get("dataset", "camvid")
-    if dataset == "cityscapes":
-        return cityscapes.CLASSES
-    if dataset == "folder":
-        return folder.read_classes(config["data_root"])[0]
-    return camvid.THESIS_CLASSES if config.get("normalization") == "thesis" else camvid.CLASSES
+    dataset = DATASETS[config.get("dataset", "camvid")]
+    return dataset.classes(Path(config.get("data_root", "")), config.get("normalization", "dataset"))[0]
 
 
 def load_model(path: Path, rt: Runtime) -> tuple[nn.Module, dict, ClassTable]:
@@ -57,7 +53,8 @@ def load_model(path: Path, rt: Runtime) -> tuple[nn.Module, dict, ClassTable]:
 
 
 def same_size_batches(paths: Sequence[Path], batch_size: int) -> Iterator[tuple[list[Path], tuple[int, int]]]:
-    """Consecutive images of one size (width, height), at most `batch_size` at a time: one tensor each."""
+    """Consecutive images of one size (width, height), at most `batch_size` at a time: one tensor each; photos of
+    mixed sizes and orientations come one by one or in runs of one size."""
     batch: list[Path] = []
     size = None
     for path in paths:
@@ -72,9 +69,10 @@ def same_size_batches(paths: Sequence[Path], batch_size: int) -> Iterator[tuple[
 
 
 def predict_batch(model: nn.Module, paths: Sequence[Path], size: tuple[int, int], scale: float,
-                  rt: Runtime) -> np.ndarray:
-    """Class indices (B,H,W) uint8 at the images' own size (width, height) `size`."""
-    images = torch.from_numpy(np.stack([decode_image(path, scale) for path in paths])).permute(0, 3, 1, 2)
+                  rt: Runtime, max_side: int = 0) -> np.ndarray:
+    """Class indices (B,H,W) uint8 at the images' own size (width, height) `size`, predicted at `scale` with the
+    longer side capped at `max_side`."""
+    images = torch.from_numpy(np.stack([decode_image(path, scale, max_side) for path in paths])).permute(0, 3, 1, 2)
     probs = predict_probs(model, images, rt)
     if probs.shape[-2:] != (size[1], size[0]):
         probs = F.interpolate(probs, (size[1], size[0]), mode="bilinear", align_corners=False)
@@ -82,12 +80,12 @@ def predict_batch(model: nn.Module, paths: Sequence[Path], size: tuple[int, int]
 
 
 def predict_folder(model: nn.Module, images: Path, out: Path, scale: float, batch_size: int,
-                   colours: Sequence[tuple[int, int, int]], rt: Runtime) -> int:
+                   colours: Sequence[tuple[int, int, int]], rt: Runtime, max_side: int = 0) -> int:
     """Writes OUT/index/<name>.png and OUT/colour/<name>.png for every image; returns their number."""
     paths = image_files(images)
     with tqdm(total=len(paths), desc="predict", unit="image", dynamic_ncols=True) as bar:
         for batch, size in same_size_batches(paths, batch_size):
-            for path, labels in zip(batch, predict_batch(model, batch, size, scale, rt)):
+            for path, labels in zip(batch, predict_batch(model, batch, size, scale, rt, max_side)):
                 write_png(out / "index" / f"{path.stem}.png", labels)
                 write_png(out / "colour" / f"{path.stem}.png", colourise(labels, colours))
             bar.update(len(batch))
@@ -121,7 +119,8 @@ def run(args: argparse.Namespace) -> str:
     if not scale > 0:
         raise UserError(f"--image-scale={scale}: give a positive factor, e.g. 0.5 for half size.")
     try:
-        count = predict_folder(model, args.images, args.out, scale, args.batch_size, classes.colours, rt)
+        count = predict_folder(model, args.images, args.out, scale, args.batch_size, classes.colours, rt,
+                               int(config.get("max_side", 0)))
     except OSError as error:
         raise UserError(f"Cannot write into {args.out} ({error.strerror}). Choose a writable --out folder.") from error
     return f"Predicted {count} images at scale {scale:g}: {args.out / 'index'} and {args.out / 'colour'}"

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from data import camvid, cityscapes, folder
-from data.segmentation import (ClassTable, SegmentationSet, index_lookup, load_labeled, load_labels, read_split_file,
+from data.datasets import DATASETS, load_frames, load_subset
+from data.segmentation import (ClassTable, SegmentationSet, index_lookup, load_labels, load_set, read_split_file,
                                split_names)
 from data.synthetic import make_street_scenes
 from data.transforms import cutmix, cutmix_box, photometric, scale_crop_flip, strong_view
@@ -44,10 +44,11 @@ from utils.pseudo import MeanTeacher, label_frames, pseudo_folder, pseudo_qualit
 from utils.records import Run, iteration_table, start_run
 
 # Data
-DATASET = "camvid"  # "camvid" (thesis layout), "cityscapes" (official layout) or "folder" (your own, README)
+DATASET = "camvid"  # "camvid" (thesis layout), "cityscapes", "pascal" (official layouts), "folder" (your own, README)
 DATA_ROOT = "data/camvid"  # thesis layout: train/, train_labels/, val/, ..., unlabeled/train/
 VAL_SIZE = 100  # cityscapes and folder: train images held out to validate on (CamVid has its own val)
 IMAGE_SCALE = 1.0  # resize images (bilinear) and labels (nearest) at load time; 0.5 for CPU runs
+MAX_SIDE = 0  # > 0: images whose longer side IMAGE_SCALE leaves above this are shrunk to it (large photos)
 EVAL_SCALE = 0.0  # val and test at this scale instead (0 = IMAGE_SCALE); 1.0 tests a half-size model at full size
 DATA_ON_DEVICE = True  # keep the decoded dataset on the GPU (uint8), so batches never wait for the host
 DATA_CACHE = ""  # a folder: decoded sets stay there as memory-mapped uint8 files (data larger than memory)
@@ -117,12 +118,13 @@ def check_config(cfg: Config) -> None:
     """Refuses, before the run directory records them, settings that would run but mean something else."""
     check_loop(cfg)
     check_choice(cfg, "student_schedule", ("staged", "joint", "fixmatch", "unimatch"))
-    check_choice(cfg, "dataset", ("camvid", "cityscapes", "folder"))
+    check_choice(cfg, "dataset", tuple(DATASETS))
     check_choice(cfg, "normalization", ("dataset", "thesis"))
     check_ranges(cfg, {
         "image_scale": (lambda v: 0 < v < math.inf, "a positive factor, e.g. 0.5 for half size"),
         "eval_scale": (lambda v: 0 <= v < math.inf, "a positive factor, e.g. 1.0 for full size, or 0 for IMAGE_SCALE"),
         "crop_size": (lambda v: v >= 1, "the side of the square training crops in pixels, e.g. 448"),
+        "max_side": (lambda v: v >= 0, "the longest side images keep in pixels, e.g. 512, or 0 for no cap"),
         "val_size": (lambda v: v >= 1, "how many train images to hold out for validation, at least 1"),
         "tta_scales": (lambda v: len(v) > 0 and all(0 < s < math.inf for s in v),
                        "one or more positive scales, e.g. 0.75,1.0,1.25"),
@@ -169,48 +171,32 @@ def load_data(cfg: Config, rt: Runtime, run: Run) -> tuple[ClassTable, Segmentat
                                                              SegmentationSet, SegmentationSet]:
     """The class table, and the labeled, unlabeled, val and test images. The unlabeled ones are a folder of
     frames, or in the split protocol (LABELED_FRACTION < 1, or SPLIT_FILE) the train images whose labels
-    are hidden (kept to measure the pseudo-labels). Cityscapes and folder data validate on VAL_SIZE train
-    images held out of the unlabeled ones, or of the labeled ones where all are labeled; folder data also
-    hold out a test set, the same for every SEED."""
+    are hidden (kept to measure the pseudo-labels). A data set without a val set validates on VAL_SIZE train
+    images held out of the unlabeled ones, or of the labeled ones where all are labeled; one without a test set
+    (folder data) also holds out a test set, the same for every SEED."""
+    dataset = DATASETS[cfg.dataset]
     root, scale, cache = Path(cfg.data_root), cfg.image_scale, Path(cfg.data_cache) if cfg.data_cache else None
     eval_scale = cfg.eval_scale or scale
     split_protocol = cfg.labeled_fraction < 1 or bool(cfg.split_file)
-    wants_frames = not split_protocol and cfg.no_iter > 0
-    frames = val = test = None
-    if cfg.dataset == "cityscapes":
-        if wants_frames:
-            raise UserError("Cityscapes has no unlabeled frames here: pseudo-label the train images of a published "
-                            "split (--split_file=data/splits/cityscapes/unimatch/1_8.txt), or draw one "
-                            "(--labeled_fraction=1/8), or train the teacher alone (--no_iter=0).")
-        classes, lookup, hint = cityscapes.CLASSES, cityscapes.LOOKUP, ""
-        image_paths, label_paths = cityscapes.files(root, "train")
-        names = [cityscapes.name_of(path) for path in image_paths]
-        test = cityscapes.load_subset(root, "val", eval_scale, cache)
-    elif cfg.dataset == "folder":
-        (classes, lookup), hint = folder.read_classes(root), folder.LABEL_HINT
-        image_paths, label_paths = folder.files(root)
-        names = [path.stem for path in image_paths]
-        if wants_frames and (frames := folder.load_unlabeled(root, scale, cfg.max_unlabeled, cache)) is None:
-            raise UserError(f"{root / 'unlabeled'} does not exist, but NO_ITER >= 1 with LABELED_FRACTION = 1 "
-                            "pseudo-labels the images there: add them, or use the split protocol "
-                            "(--labeled_fraction=1/8), or train the teacher alone (--no_iter=0).")
-    else:
-        classes = camvid.CLASSES if cfg.normalization == "dataset" else camvid.THESIS_CLASSES
-        lookup, hint = camvid.LOOKUP, camvid.LABEL_HINT
-        image_paths, label_paths = camvid.files(root, "train")
-        names = [path.stem for path in image_paths]
-        val, test = (camvid.load_split(root, subset, eval_scale, cache) for subset in ("val", "test"))
-        if wants_frames:
-            frames = camvid.load_unlabeled(root / "unlabeled" / "train", scale, cfg.max_unlabeled, cache)
+    classes, lookup = dataset.classes(root, cfg.normalization)
+    image_paths, label_paths = dataset.files(root, "train")
+    names = [dataset.name_of(path) for path in image_paths]
     position = {name: i for i, name in enumerate(names)}
 
     def load(chosen: list[str], at: float = scale) -> SegmentationSet:
         """Decodes only the chosen train images: each image is held once, in the set it belongs to."""
         index = [position[name] for name in chosen]
-        return load_labeled([image_paths[i] for i in index], [label_paths[i] for i in index], lookup, at, hint,
-                            chosen, cache)
+        return load_set([image_paths[i] for i in index], [label_paths[i] for i in index], lookup, at, cfg.max_side,
+                        dataset.LABEL_HINT, chosen, cache)
 
-    if test is None:  # folder data hold out their own test set, the same for every SEED
+    wants_frames = not split_protocol and cfg.no_iter > 0
+    if wants_frames:  # before the other sets are decoded: a data set without frames says so at once
+        dataset.frames(root)
+    val, test = (load_subset(cfg.dataset, root, subset, eval_scale, cache, cfg.max_side, cfg.normalization)
+                 for subset in ("val", "test"))
+    frames = load_frames(cfg.dataset, root, scale, cfg.max_unlabeled, cache, cfg.max_side) if wants_frames else None
+    own_val = val is not None
+    if test is None:  # held out of the train images, the same for every SEED
         test_names, names = held_out(names, cfg.val_size, 0, "test")
         test = load(test_names, eval_scale)
     labeled_names, unlabeled_names = names, []
@@ -226,9 +212,9 @@ def load_data(cfg: Config, rt: Runtime, run: Run) -> tuple[ClassTable, Segmentat
         val = load(val_names, eval_scale)
     if cfg.max_unlabeled > 0:
         unlabeled_names = unlabeled_names[: cfg.max_unlabeled]
-    if rt.is_main and (split_protocol or cfg.dataset != "camvid"):
+    if rt.is_main and (split_protocol or not own_val):
         write_json(run.folder / "split.json", {"labeled": labeled_names, "unlabeled": unlabeled_names,
-                                               **({"val": val.names} if cfg.dataset != "camvid" else {})})
+                                               **({} if own_val else {"val": val.names})})
     labeled = load(labeled_names)
     unlabeled = load(unlabeled_names) if split_protocol else frames
     sets = [labeled, unlabeled, val, test]
@@ -256,10 +242,10 @@ def pseudo_root(cfg: Config) -> Path:
 def crops(data: SegmentationSet, index: torch.Tensor, generator: torch.Generator, classes: ClassTable, cfg: Config,
           rt: Runtime) -> Batch:
     """The indexed images and labels, randomly scaled (0.5-2x), cropped and flipped on the device."""
-    images = data.images[index.to(data.images.device)].to(rt.device, non_blocking=True)
-    labels = data.labels[index.to(data.labels.device)].to(rt.device, non_blocking=True)
+    images, labels, sizes = data.gather(index, classes.mean, classes.ignore_index)
     # padding beyond the image: the mean colour, and ignore
-    return scale_crop_flip(images, labels, cfg.crop_size, classes.mean, classes.ignore_index, generator)
+    return scale_crop_flip(images.to(rt.device, non_blocking=True), labels.to(rt.device, non_blocking=True),
+                           cfg.crop_size, classes.mean, classes.ignore_index, generator, sizes=sizes)
 
 
 def pseudo_crops(pseudo: SegmentationSet, index: torch.Tensor, generator: torch.Generator, classes: ClassTable,
@@ -310,9 +296,11 @@ def unlabeled_crops(unlabeled: SegmentationSet, index: torch.Tensor, generator: 
                     classes: ClassTable, cfg: Config, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
     """Weak views of unlabeled images (scale, crop, flip as for the labels), and which of their pixels the crop
     padded. Hidden labels are never read."""
-    images = unlabeled.images[index.to(unlabeled.images.device)].to(rt.device, non_blocking=True)
+    images, _, sizes = unlabeled.gather(index, classes.mean, classes.ignore_index)
+    images = images.to(rt.device, non_blocking=True)
     blank = torch.zeros(images.shape[0], *images.shape[2:], dtype=torch.uint8, device=images.device)
-    images, padding = scale_crop_flip(images, blank, cfg.crop_size, classes.mean, classes.ignore_index, generator)
+    images, padding = scale_crop_flip(images, blank, cfg.crop_size, classes.mean, classes.ignore_index, generator,
+                                      sizes=sizes)
     return images, padding == classes.ignore_index
 
 
@@ -448,17 +436,17 @@ def train(model: nn.Module, phase: str, iteration: int, batches: Any, steps: int
 
 def validate(model: nn.Module, val: SegmentationSet, classes: ClassTable, cfg: Config, rt: Runtime,
              mean_teacher: MeanTeacher | None = None) -> tuple[float, dict[str, Any]]:
-    cm = evaluate(model, val.images, val.labels, classes.num_classes, cfg.eval_batch_size, rt)
+    cm = evaluate(model, val.batches(cfg.eval_batch_size), classes.num_classes, rt)
     details = {"val_miou": cm.miou(), "val_per_class_iou": cm.summary(classes.names)["per_class_iou"]}
     if mean_teacher is not None:  # often the better model of the two (Mean Teacher)
-        details["mean_teacher_score"] = evaluate(mean_teacher.model, val.images, val.labels, classes.num_classes,
-                                                 cfg.eval_batch_size, rt).miou()
+        details["mean_teacher_score"] = evaluate(mean_teacher.model, val.batches(cfg.eval_batch_size),
+                                                 classes.num_classes, rt).miou()
     return cm.miou(), details
 
 
 def test(model: nn.Module, test_set: SegmentationSet, title: str, classes: ClassTable, cfg: Config,
          rt: Runtime) -> dict[str, Any]:
-    cm = evaluate(model, test_set.images, test_set.labels, classes.num_classes, cfg.eval_batch_size, rt)
+    cm = evaluate(model, test_set.batches(cfg.eval_batch_size), classes.num_classes, rt)
     if rt.is_main:
         tqdm.write(f"\nTest set, {title}:\n{cm.table(classes.names)}\n")
     summary = cm.summary(classes.names)
@@ -485,21 +473,22 @@ def pseudo_label(teacher_model: nn.Module, teacher: Candidate, iteration: int, u
     folder = pseudo_folder(pseudo_root(cfg), iteration)
     identity = {"run": str(run.folder), "teacher": str(teacher.path), "teacher_val": teacher.val,
                 "threshold": cfg.pseudo_threshold, "tta": cfg.pseudo_tta, "tta_scales": cfg.tta_scales,
-                "image_scale": cfg.image_scale, "frames": len(unlabeled)}
-    kept = label_frames(teacher_model, unlabeled.images, unlabeled.names, unlabeled.source_size, folder, identity,
-                        rt, classes.ignore_index, classes.num_classes, cfg.eval_batch_size, cfg.pseudo_threshold,
-                        cfg.tta_scales if cfg.pseudo_tta else [1.0], flip=cfg.pseudo_tta,
-                        image_share=cfg.pseudo_image_share)
+                "image_scale": cfg.image_scale, "frames": len(unlabeled),
+                **({"max_side": cfg.max_side} if cfg.max_side else {})}
+    kept = label_frames(teacher_model, unlabeled, folder, identity, rt, classes.ignore_index, classes.num_classes,
+                        cfg.eval_batch_size, cfg.pseudo_threshold, cfg.tta_scales if cfg.pseudo_tta else [1.0],
+                        flip=cfg.pseudo_tta, image_share=cfg.pseudo_image_share)
     frames = unlabeled
     if len(kept) < len(frames):  # a copy of the kept frames; all of them need none
         frames = frames.named(kept)
     labels = load_labels([folder / f"{name}.png" for name in kept], index_lookup(classes.num_classes),
-                         cfg.image_scale).to(frames.images.device)
-    pseudo = SegmentationSet(frames.images, labels, frames.names, frames.source_size)
+                         cfg.image_scale, max_side=cfg.max_side).to(frames.images.device)
+    pseudo = SegmentationSet(frames.images, labels, frames.names, frames.sizes, frames.source_sizes)
     shown = picture_subset(pseudo, cfg.pictures)
-    if len(shown) and rt.is_main:
-        confidence = predict_probs(teacher_model, shown.images, rt).max(1).values.cpu()
-        pseudo_label_pictures(shown.images, shown.labels, confidence, shown.names,
+    for group in shown.groups(max(len(shown), 1)) if rt.is_main else []:
+        images, pseudo_labels = shown.stack(group)
+        confidence = predict_probs(teacher_model, images, rt).max(1).values.cpu()
+        pseudo_label_pictures(images, pseudo_labels, confidence, [shown.names[i] for i in group],
                               run.folder / "pictures" / f"it{iteration}_pseudo", classes.legend)
     truth = None if frames.labels is None else frames.labels.cpu()
     quality = pseudo_quality(labels.cpu(), truth, classes.num_classes, classes.ignore_index)
@@ -513,7 +502,7 @@ def prediction_quality(model: nn.Module, unlabeled: SegmentationSet, classes: Cl
     quality: dict[str, Any] = {"pseudo_pixel_acc": None, "pseudo_miou": None, "pseudo_ignored_frac": None,
                                "pseudo_frames": len(unlabeled)}
     if unlabeled.labels is not None:
-        cm = evaluate(model, unlabeled.images, unlabeled.labels, classes.num_classes, cfg.eval_batch_size, rt)
+        cm = evaluate(model, unlabeled.batches(cfg.eval_batch_size), classes.num_classes, rt)
         quality.update(pseudo_pixel_acc=cm.pixel_accuracy(), pseudo_miou=cm.miou())
     return quality
 
@@ -522,6 +511,7 @@ def prediction_quality(model: nn.Module, unlabeled: SegmentationSet, classes: Cl
 
 def main(argv: list[str]) -> None:
     cfg, rt, run = start_run(globals(), argv, DEMO, "cam", check_config, make_demo_data)
+    run.summary["data"] = DATASETS[cfg.dataset].TITLE  # what the report calls the run's data
     classes, labeled, unlabeled, val, test_set = load_data(cfg, rt, run)
     if cfg.no_iter > 0 and not is_online(cfg) and rt.is_main:  # before the teacher trains for hours
         run.hold(pseudo_root(cfg), "PSEUDO_ROOT", "runs that overlap need their own --pseudo_root, or wait for "
@@ -532,9 +522,10 @@ def main(argv: list[str]) -> None:
         """Test results of a model, and pictures of its predictions on a few val images."""
         results = test(model, test_set, title, classes, cfg, rt)
         shown = picture_subset(val, cfg.pictures)
-        if len(shown) and rt.is_main:
-            prediction_pictures(model, shown.images, shown.labels, shown.names, run.folder / "pictures" / tag, rt,
-                                classes.legend)
+        for group in shown.groups(max(len(shown), 1)) if rt.is_main else []:
+            images, labels = shown.stack(group)
+            prediction_pictures(model, images, labels, [shown.names[i] for i in group], run.folder / "pictures" / tag,
+                                rt, classes.legend)
         return results
 
     # The teacher learns from the labeled images, or is given (TEACHER_CHECKPOINT) to compare students on it.

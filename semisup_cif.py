@@ -33,7 +33,7 @@ from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from utils.config import Config, check_choice, check_loop, check_ranges
 from utils.dist import Runtime, seed_everything, teardown
 from utils.engine import (Batch, Best, Candidate, Step, batch_plan, cross_entropy, endless_batches, evaluate, fit,
-                          predict_probs)
+                          predict_probs, slices)
 from utils.errors import UserError
 from utils.io import write_json
 from utils.pseudo import MeanTeacher, soft_targets
@@ -258,7 +258,7 @@ def trained_model(candidate: Candidate, cfg: Config, rt: Runtime, run: Run) -> n
 
 
 def accuracy(model: nn.Module, data: Images, cfg: Config, rt: Runtime) -> float:
-    return evaluate(model, data[0], data[1], cifar.NUM_CLASSES, cfg.eval_batch_size, rt).accuracy()
+    return evaluate(model, slices(*data, cfg.eval_batch_size), cifar.NUM_CLASSES, rt).accuracy()
 
 
 def train(model: nn.Module, phase: str, iteration: int, batches: Any, steps: int, epochs: int, lr: float,
@@ -325,6 +325,7 @@ def pseudo_label(teacher_model: nn.Module, teacher: Candidate, iteration: int, u
 
 def main(argv: list[str]) -> None:
     cfg, rt, run = start_run(globals(), argv, DEMO, "cif", check_config, make_demo_data)
+    run.summary["data"] = "CIFAR-10"  # what the report calls the run's data
     labeled, val, unlabeled, test_set = load_data(cfg, rt, run)
     save_dir = Path(cfg.save_dir)
 

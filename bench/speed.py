@@ -43,7 +43,7 @@ from data.synthetic import render_street_scene  # noqa: E402
 from data.transforms import scale_crop_flip  # noqa: E402
 from models.swiftnet import swiftnet_rn18  # noqa: E402
 from utils.dist import Runtime, cpu_has_native_bf16, resolve_device, resolve_precision  # noqa: E402
-from utils.engine import cross_entropy, evaluate, predict_probs  # noqa: E402
+from utils.engine import cross_entropy, evaluate, predict_probs, slices  # noqa: E402
 from utils.io import write_png  # noqa: E402
 from utils.metrics import ConfusionMatrix  # noqa: E402
 
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
                 return len(x)
 
             def eval_ours() -> int:
-                evaluate(fast_model, eval_images, eval_labels, NUM_CLASSES, 8, rt)
+                evaluate(fast_model, slices(eval_images, eval_labels, 8), NUM_CLASSES, rt)
                 return eval_count
 
             def pseudo_ours() -> int:

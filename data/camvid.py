@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data.segmentation import (ClassTable, SegmentationSet, index_lookup, load_labeled, load_unlabeled_folder,
-                               paired_files)
+import numpy as np
 
+from data.segmentation import ClassTable, image_files, index_lookup, paired_files
+
+TITLE = "CamVid"
 CLASS_NAMES: tuple[str, ...] = (
     "Building", "Tree", "Sky", "Car", "SignSymbol", "Road",
     "Pedestrian", "Fence", "Column_Pole", "Sidewalk", "Bicyclist",
@@ -42,19 +44,24 @@ LAYOUT_HINT = ("Check DATA_ROOT: put CamVid in the thesis layout there (README, 
                "with --demo.")
 
 
+def classes(root: str | Path, normalization: str = "dataset") -> tuple[ClassTable, np.ndarray]:
+    """The class table (with the thesis's statistics for normalization "thesis") and the label lookup."""
+    return (THESIS_CLASSES if normalization == "thesis" else CLASSES), LOOKUP
+
+
 def files(root: str | Path, subset: str) -> tuple[list[Path], list[Path]]:
     """The images of a labeled subset ('train', 'val', 'test') of the thesis layout, and their labels."""
     return paired_files(Path(root) / subset, Path(root) / f"{subset}_labels", LAYOUT_HINT)
 
 
-def load_split(root: str | Path, subset: str, scale: float = 1.0, cache: Path | None = None) -> SegmentationSet:
-    return load_labeled(*files(root, subset), LOOKUP, scale, LABEL_HINT, cache=cache)
+def frames(root: str | Path) -> list[Path]:
+    """The unlabeled video frames."""
+    folder = Path(root) / "unlabeled" / "train"
+    return image_files(folder, f"NO_ITER >= 1 with LABELED_FRACTION = 1 pseudo-labels the unlabeled frames there. "
+                               f"Extract them with: python data/extract_frames.py VIDEO --out {folder} (README, "
+                               "'Preparing CamVid'); or use the split protocol (--labeled_fraction=1/8), or train "
+                               "the teacher alone (--no_iter=0).")
 
 
-def load_unlabeled(folder: str | Path, scale: float = 1.0, limit: int = 0,
-                   cache: Path | None = None) -> SegmentationSet:
-    """Unlabeled frames (at most `limit` when above 0)."""
-    hint = (f"NO_ITER >= 1 with LABELED_FRACTION = 1 pseudo-labels the unlabeled frames there. Extract them with: "
-            f"python data/extract_frames.py VIDEO --out {folder} (README, 'Preparing CamVid'); or use the split "
-            "protocol (--labeled_fraction=1/8), or train the teacher alone (--no_iter=0).")
-    return load_unlabeled_folder(Path(folder), hint, scale, limit, cache)
+def name_of(path: Path) -> str:
+    return path.stem

@@ -5,7 +5,7 @@
 
 The 34 label ids become the 19 train ids of the official table (cityscapesScripts' labels.py); every
 other id becomes ignore (19). An image is named CITY_SEQ_FRAME, as in the published split lists of
-data/splits/cityscapes/.
+data/splits/cityscapes/. The 500 val images are the test set.
 """
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data.segmentation import ClassTable, SegmentationSet, load_labeled
+from data.segmentation import ClassTable
 from utils.errors import UserError
 
+TITLE = "Cityscapes"
 IMAGE_SUFFIX, LABEL_SUFFIX = "_leftImg8bit.png", "_gtFine_labelIds.png"
 # label id → train id, for the ids that are evaluated (labels.py: ignoreInEval False)
 TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
@@ -30,33 +31,41 @@ COLOURS = ((128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 
 CLASSES = ClassTable(NAMES, COLOURS, (73.15, 82.90, 72.3), (47.67, 48.49, 47.73))
 LOOKUP = np.full(256, CLASSES.ignore_index, dtype=np.uint8)
 LOOKUP[list(TRAIN_IDS)] = list(TRAIN_IDS.values())
+LABEL_HINT = ""  # every value is a label id: none is refused
 LAYOUT = ("DATA_ROOT must hold Cityscapes' official layout: leftImg8bit/{train,val}/CITY/*_leftImg8bit.png and "
           "gtFine/{train,val}/CITY/*_gtFine_labelIds.png (unzip leftImg8bit_trainvaltest.zip and "
           "gtFine_trainvaltest.zip from cityscapes-dataset.com into it)")
 
 
-def files(root: Path, subset: str) -> tuple[list[Path], list[Path]]:
-    """The images of `subset` ('train' or 'val') and their label-id masks; a missing file is an error that
-    names it."""
-    image_dir = root / "leftImg8bit" / subset
+def classes(root: str | Path, normalization: str = "dataset") -> tuple[ClassTable, np.ndarray]:
+    return CLASSES, LOOKUP
+
+
+def files(root: str | Path, subset: str) -> tuple[list[Path], list[Path]] | None:
+    """The images of 'train', or of 'test' (the official val), and their label-id masks; a missing file is an
+    error that names it. No 'val': VAL_SIZE train images are held out to validate on."""
+    if subset == "val":
+        return None
+    official = "val" if subset == "test" else subset
+    image_dir = Path(root) / "leftImg8bit" / official
     if not image_dir.is_dir():
         raise UserError(f"{image_dir} does not exist. {LAYOUT}.")
     images = sorted(image_dir.glob(f"*/*{IMAGE_SUFFIX}"))
     if not images:
         raise UserError(f"{image_dir} holds no CITY/*{IMAGE_SUFFIX} images. {LAYOUT}.")
-    labels = [root / "gtFine" / subset / path.parent.name / (path.name[: -len(IMAGE_SUFFIX)] + LABEL_SUFFIX)
-              for path in images]
+    labels = [Path(root) / "gtFine" / official / path.parent.name / (name_of(path) + LABEL_SUFFIX) for path in images]
     missing = [path for path in labels if not path.is_file()]
     if missing:
-        raise UserError(f"{len(missing)} of the {len(images)} {subset} images have no label: "
+        raise UserError(f"{len(missing)} of the {len(images)} {official} images have no label: "
                         f"{', '.join(map(str, missing[:3]))}{', ...' if len(missing) > 3 else ''}. {LAYOUT}.")
     return images, labels
 
 
+def frames(root: str | Path) -> list[Path]:
+    raise UserError("Cityscapes has no unlabeled frames here: pseudo-label the train images of a published split "
+                    "(--split_file=data/splits/cityscapes/unimatch/1_8.txt), or draw one (--labeled_fraction=1/8), "
+                    "or train the teacher alone (--no_iter=0).")
+
+
 def name_of(image: Path) -> str:
     return image.name[: -len(IMAGE_SUFFIX)]
-
-
-def load_subset(root: str | Path, subset: str, scale: float = 1.0, cache: Path | None = None) -> SegmentationSet:
-    images, labels = files(Path(root), subset)
-    return load_labeled(images, labels, LOOKUP, scale, names=[name_of(path) for path in images], cache=cache)

@@ -2,13 +2,13 @@
 
     DATA_ROOT/classes.json       {"names": ["road", "car", ...], "ignore": 255,
                                   "colours": [[128, 64, 128], ...], "mean": [...], "std": [...]}
-    DATA_ROOT/images/NAME.jpg    RGB images (PNG or JPEG), all of one size
-    DATA_ROOT/labels/NAME.png    single-channel class indices 0..C-1 (and the ignore value)
-    DATA_ROOT/unlabeled/NAME.jpg optional: unlabeled images of the same size
+    DATA_ROOT/images/NAME.jpg    RGB images (PNG or JPEG) of any size and orientation
+    DATA_ROOT/labels/NAME.png    single-channel class indices 0..C-1 (and the ignore value), each its image's size
+    DATA_ROOT/unlabeled/NAME.jpg optional: unlabeled images
 
 Only "names" is required. "ignore" is the label value of pixels no class is learned from (default:
-none besides C); "colours" draw pictures and colour masks (default: a fixed palette); "mean" and
-"std" are the RGB statistics in [0, 255] the model normalises with (default: ImageNet's).
+none besides C); "colours" draw pictures and colour masks (default: Pascal VOC's colour map); "mean"
+and "std" are the RGB statistics in [0, 255] the model normalises with (default: ImageNet's).
 """
 from __future__ import annotations
 
@@ -18,25 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from data.segmentation import ClassTable, SegmentationSet, index_lookup, load_unlabeled_folder, paired_files
+from data.segmentation import IMAGENET, ClassTable, image_files, index_lookup, paired_files, voc_palette
 from utils.errors import UserError
 
-IMAGENET = ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
+TITLE = "your own data"
 HINT = "DATA_ROOT must hold classes.json, images/ and labels/ (README, 'Cityscapes and your own data')."
 LABEL_HINT = "Check the label against classes.json."
-
-
-def palette(count: int) -> tuple[tuple[int, int, int], ...]:
-    """PASCAL VOC's colour map: distinct colours spread over the bits of the index."""
-    colours = []
-    for index in range(count):
-        rgb, code = [0, 0, 0], index
-        for bit in range(7, -1, -1):
-            for channel in range(3):
-                rgb[channel] |= ((code >> channel) & 1) << bit
-            code >>= 3
-        colours.append(tuple(rgb))
-    return tuple(colours)
 
 
 def _check(path: Path, ok: bool, what: str) -> None:
@@ -44,7 +31,7 @@ def _check(path: Path, ok: bool, what: str) -> None:
         raise UserError(f"{path}: {what}. {HINT}")
 
 
-def read_classes(root: str | Path) -> tuple[ClassTable, np.ndarray]:
+def classes(root: str | Path, normalization: str = "dataset") -> tuple[ClassTable, np.ndarray]:
     """The class table of classes.json and the lookup from label values to class indices."""
     path = Path(root) / "classes.json"
     try:
@@ -58,7 +45,7 @@ def read_classes(root: str | Path) -> tuple[ClassTable, np.ndarray]:
     ignore = spec.get("ignore")
     _check(path, ignore is None or (isinstance(ignore, int) and len(names) <= ignore <= 255),
            f'"ignore" must be a label value from {len(names)} to 255, above the class indices 0..{len(names) - 1}')
-    colours = spec.get("colours", palette(len(names) + 1)[1:])  # black stays for ignore
+    colours = spec.get("colours", voc_palette(len(names) + 1)[1:])  # black stays for ignore
     if len(colours) == len(names):
         colours = [*colours, (0, 0, 0)]  # ignore: black
     _check(path, len(colours) == len(names) + 1 and all(
@@ -71,13 +58,21 @@ def read_classes(root: str | Path) -> tuple[ClassTable, np.ndarray]:
     return table, index_lookup(len(names), [] if ignore is None else [ignore])
 
 
-def files(root: str | Path) -> tuple[list[Path], list[Path]]:
-    """The images and their labels, paired by name."""
-    return paired_files(Path(root) / "images", Path(root) / "labels", HINT)
+def files(root: str | Path, subset: str) -> tuple[list[Path], list[Path]] | None:
+    """The images of 'train' and their labels, paired by name; no 'val' or 'test': VAL_SIZE images are held out
+    for each."""
+    return paired_files(Path(root) / "images", Path(root) / "labels", HINT) if subset == "train" else None
 
 
-def load_unlabeled(root: str | Path, scale: float = 1.0, limit: int = 0,
-                   cache: Path | None = None) -> SegmentationSet | None:
-    """The images of unlabeled/, or None without that folder."""
+def frames(root: str | Path) -> list[Path]:
+    """The images of unlabeled/."""
     folder = Path(root) / "unlabeled"
-    return load_unlabeled_folder(folder, HINT, scale, limit, cache) if folder.is_dir() else None
+    if not folder.is_dir():
+        raise UserError(f"{folder} does not exist, but NO_ITER >= 1 with LABELED_FRACTION = 1 pseudo-labels the "
+                        "images there: add them, or use the split protocol (--labeled_fraction=1/8), or train the "
+                        "teacher alone (--no_iter=0).")
+    return image_files(folder, HINT)
+
+
+def name_of(path: Path) -> str:
+    return path.stem

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +26,20 @@ from utils.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 INVALID = 255  # in a label lookup: a file value that is an error, not a class
+IMAGENET = ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))  # RGB mean and std in [0, 255]
+
+
+def voc_palette(count: int) -> tuple[tuple[int, int, int], ...]:
+    """PASCAL VOC's colour map: distinct colours spread over the bits of the index."""
+    colours = []
+    for index in range(count):
+        rgb, code = [0, 0, 0], index
+        for bit in range(7, -1, -1):
+            for channel in range(3):
+                rgb[channel] |= ((code >> channel) & 1) << bit
+            code >>= 3
+        colours.append(tuple(rgb))
+    return tuple(colours)
 
 
 @dataclass(frozen=True)
@@ -62,26 +75,111 @@ def index_lookup(num_classes: int, ignore_values: Sequence[int] = ()) -> np.ndar
 
 @dataclass
 class SegmentationSet:
-    """Images (N,3,H,W) uint8, labels (N,H,W) uint8 or None for unlabeled frames, and file stems.
-    `source_size` is (width, height) on disk, before IMAGE_SCALE: pseudo-labels are written at that size."""
+    """Images, their labels (class indices; None for unlabeled frames) and file stems, decoded once into uint8
+    storage that batches index on the CPU or GPU. A set whose images share one size holds them as one (N,3,H,W)
+    and one (N,H,W) tensor, as batches take them; a set of mixed sizes holds every image's pixels one after
+    another (channels first) in one flat buffer, and `sizes` says where each ends. `sizes` are (height, width) as
+    stored, after IMAGE_SCALE; `source_sizes` (width, height) on disk: pseudo-labels are written at those."""
 
     images: torch.Tensor
     labels: torch.Tensor | None
     names: list[str]
-    source_size: tuple[int, int]
+    sizes: torch.Tensor  # (N, 2) int64, on the CPU
+    source_sizes: list[tuple[int, int]]
 
     def __len__(self) -> int:
         return len(self.names)
 
-    def apply(self, function: Callable[[torch.Tensor], torch.Tensor],
-              names: list[str] | None = None) -> "SegmentationSet":
-        """`function` of the images and labels (to a device, into pinned memory, a selection), with `names`."""
+    @property
+    def one_size(self) -> bool:
+        return self.images.ndim == 4
+
+    def _span(self, i: int, channels: int) -> tuple[int, int]:
+        """Where image i starts in a flat buffer of `channels` values per pixel, and how many values it has."""
+        areas = self.sizes.prod(1)
+        return int(areas[:i].sum()) * channels, int(areas[i]) * channels
+
+    def image(self, i: int) -> torch.Tensor:
+        if self.one_size:
+            return self.images[i]
+        start, count = self._span(i, 3)
+        return self.images[start : start + count].view(3, *self.sizes[i].tolist())
+
+    def label(self, i: int) -> torch.Tensor:
+        if self.one_size:
+            return self.labels[i]
+        start, count = self._span(i, 1)
+        return self.labels[start : start + count].view(*self.sizes[i].tolist())
+
+    def gather(self, index: torch.Tensor, fill: Sequence[float],
+               ignore_index: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The indexed images and labels as one batch, with each image's size. A set of one size is indexed as
+        it is (sizes None); mixed sizes are padded at the bottom and right to the largest, images with the colour
+        `fill` and labels with `ignore_index`."""
+        if self.one_size:
+            images = self.images[index.to(self.images.device)]
+            labels = None if self.labels is None else self.labels[index.to(self.labels.device)]
+            return images, labels, None
+        index_list = index.tolist()
+        sizes = self.sizes[index_list]
+        height, width = sizes.max(0).values.tolist()
+        device = self.images.device
+        images = torch.tensor(fill, device=device).round().to(torch.uint8).view(1, 3, 1, 1).repeat(
+            len(index_list), 1, height, width)
+        labels = None if self.labels is None else torch.full((len(index_list), height, width), ignore_index,
+                                                             dtype=torch.uint8, device=self.labels.device)
+        for k, i in enumerate(index_list):
+            h, w = sizes[k].tolist()
+            images[k, :, :h, :w] = self.image(i)
+            if labels is not None:
+                labels[k, :h, :w] = self.label(i)
+        return images, labels, sizes
+
+    def groups(self, batch_size: int, indices: Sequence[int] | None = None) -> list[list[int]]:
+        """`indices` (all by default) in batches of images of one size (stored and on disk), at most `batch_size`
+        each: consecutive runs in a set of one size, in the order each size first appears otherwise."""
+        indices = list(range(len(self))) if indices is None else list(indices)
+        by_size: dict[tuple, list[int]] = {}
+        for i in indices:
+            by_size.setdefault((*self.sizes[i].tolist(), *self.source_sizes[i]), []).append(i)
+        return [members[start : start + batch_size] for members in by_size.values()
+                for start in range(0, len(members), batch_size)]
+
+    def stack(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The images (and labels) of `indices`, all of one size, as one batch: a view where they are consecutive
+        in a set of one size."""
+        indices = list(indices)
+        if self.one_size and indices == list(range(indices[0], indices[0] + len(indices))):
+            part = slice(indices[0], indices[-1] + 1)
+            return self.images[part], None if self.labels is None else self.labels[part]
+        images = torch.stack([self.image(i) for i in indices])
+        return images, None if self.labels is None else torch.stack([self.label(i) for i in indices])
+
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Every image and label, in batches of one size: what evaluation takes."""
+        return (self.stack(group) for group in self.groups(batch_size))
+
+    def apply(self, function: Callable[[torch.Tensor], torch.Tensor]) -> "SegmentationSet":
+        """`function` of the images and labels: to a device, into pinned memory."""
         labels = None if self.labels is None else function(self.labels)
-        return SegmentationSet(function(self.images), labels, self.names if names is None else names, self.source_size)
+        return SegmentationSet(function(self.images), labels, self.names, self.sizes, self.source_sizes)
 
     def subset(self, indices: Sequence[int]) -> "SegmentationSet":
-        index = torch.as_tensor(list(indices), dtype=torch.long)
-        return self.apply(lambda tensor: tensor[index.to(tensor.device)], [self.names[i] for i in index])
+        """A copy of the images `indices`, of one size where they are."""
+        indices = list(indices)
+        sizes = self.sizes[indices] if indices else self.sizes[:0]
+        names, source_sizes = [self.names[i] for i in indices], [self.source_sizes[i] for i in indices]
+        if self.one_size:
+            index = torch.as_tensor(indices, dtype=torch.long)
+            labels = None if self.labels is None else self.labels[index.to(self.labels.device)]
+            return SegmentationSet(self.images[index.to(self.images.device)], labels, names, sizes, source_sizes)
+        if indices and (sizes == sizes[0]).all():
+            images, labels = self.stack(indices)
+        else:
+            images = torch.cat([self.image(i).reshape(-1) for i in indices]) if indices else self.images[:0]
+            labels = None if self.labels is None else (
+                torch.cat([self.label(i).reshape(-1) for i in indices]) if indices else self.labels[:0])
+        return SegmentationSet(images, labels, names, sizes, source_sizes)
 
     def named(self, names: Sequence[str]) -> "SegmentationSet":
         position = {name: i for i, name in enumerate(self.names)}
@@ -121,7 +219,10 @@ def paired_files(image_dir: Path, label_dir: Path, hint: str) -> tuple[list[Path
     return images, paired
 
 
-def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
+def scaled_size(size: tuple[int, int], scale: float, max_side: int = 0) -> tuple[int, int]:
+    """(width, height) at `scale`, shrunk further where the longer side would exceed `max_side` (0: no cap)."""
+    if max_side and max(size) * scale > max_side:
+        scale = max_side / max(size)
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
@@ -135,15 +236,16 @@ def _open(path: Path) -> Image.Image:
                         "copy or export it again.") from error
 
 
-def decode_image(path: Path, scale: float) -> np.ndarray:
+def decode_image(path: Path, scale: float, max_side: int = 0) -> np.ndarray:
     image = _open(path).convert("RGB")
-    if scale != 1:
-        image = image.resize(scaled_size(image.size, scale), Image.BILINEAR)
+    size = scaled_size(image.size, scale, max_side)
+    if scale != 1 or size != image.size:
+        image = image.resize(size, Image.BILINEAR)
     return np.asarray(image)
 
 
 def decode_label(path: Path, scale: float, lookup: np.ndarray, image_size: tuple[int, int] | None = None,
-                 hint: str = "") -> np.ndarray:
+                 hint: str = "", max_side: int = 0) -> np.ndarray:
     """Class indices through `lookup`; colour masks, INVALID values and size mismatches are errors."""
     label = _open(path)
     if label.mode not in ("L", "P", "I", "I;16"):
@@ -159,8 +261,9 @@ def decode_label(path: Path, scale: float, lookup: np.ndarray, image_size: tuple
         raise UserError(f"{path} holds the value {int(array[invalid][0])}, but its valid values are "
                         f"{_ranges(np.flatnonzero(lookup != INVALID))}. {hint}".rstrip())
     array = lookup[array]
-    if scale != 1:
-        array = np.asarray(Image.fromarray(array).resize(scaled_size(label.size, scale), Image.NEAREST))
+    size = scaled_size(label.size, scale, max_side)
+    if scale != 1 or size != label.size:
+        array = np.asarray(Image.fromarray(array).resize(size, Image.NEAREST))
     return array
 
 
@@ -180,53 +283,54 @@ def _in_threads(function: Callable[[Any], Any], items: Sequence[Any]) -> list[An
         return list(pool.map(function, items))
 
 
-def _decode_into(decode: Callable[[int], np.ndarray], paths: Sequence[Path], channels_first: bool,
-                 cache: Path | None, recipe: str) -> torch.Tensor:
-    """decode(i) of every path, in threads, straight into one tensor, so the set is held once, not twice
-    (2,975 Cityscapes images are 18.7 GB). With a `cache` folder the tensor is a memory-mapped file there,
-    decoded once and paged in as batches ask, so a set larger than the memory trains too; its name hashes
-    the files, their sizes and modification times, and the `recipe` that decodes them."""
-    first = decode(0)
-    size = first.shape
-    shape = (len(paths), size[2], *size[:2]) if channels_first else (len(paths), *size)
+def _decode_into(decode: Callable[[int], np.ndarray], paths: Sequence[Path], sizes: Sequence[tuple[int, int]],
+                 channels: int, cache: Path | None, recipe: str) -> torch.Tensor:
+    """decode(i) of every path, in threads, straight into one buffer, so the set is held once, not twice
+    (2,975 Cityscapes images are 18.7 GB): images of `sizes` (width, height) one after another, channels first;
+    returned as one (N,C,H,W) or (N,H,W) tensor when they share a size. With a `cache` folder the buffer is a
+    memory-mapped file there, decoded once and paged in as batches ask, so a set larger than the memory trains
+    too; its name hashes the files, their sizes and modification times, and the `recipe` that decodes them."""
+    counts = [channels * w * h for w, h in sizes]
+    starts = np.cumsum([0, *counts])
 
-    def fill(slots: np.ndarray) -> None:
+    def fill(flat: np.ndarray) -> None:
         def put(i: int) -> None:
-            array = first if i == 0 else decode(i)
-            if array.shape != size:
-                raise UserError(f"{paths[i]} is {array.shape[1]}x{array.shape[0]} but {paths[0].name} is "
-                                f"{size[1]}x{size[0]}: all images of a set must have one size. Resize them first.")
-            slots[i] = array.transpose(2, 0, 1) if channels_first else array
+            array = decode(i)
+            if array.shape[:2] != (sizes[i][1], sizes[i][0]):
+                raise UserError(f"{paths[i]} decoded to {array.shape[1]}x{array.shape[0]}, not the "
+                                f"{sizes[i][0]}x{sizes[i][1]} its header gives: copy or export it again.")
+            flat[starts[i] : starts[i + 1]] = (array.transpose(2, 0, 1) if channels == 3 else array).ravel()
 
         _in_threads(put, range(len(paths)))
 
     if cache is None:
-        out = torch.empty(shape, dtype=torch.uint8)
-        fill(out.numpy())
-        return out
-    stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
-    key = hashlib.sha1(json.dumps([recipe, shape, stats]).encode()).hexdigest()[:16]
-    path = cache / f"{key}.uint8"
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / f"{key}.lock", "w") as lock:
-        if fcntl is not None:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # another process decoding the same set (torchrun): wait for it
-        if not (path.is_file() and path.stat().st_size == math.prod(shape)):
-            partial = path.with_suffix(".partial")  # a killed decode's leftover is overwritten
-            slots = np.memmap(partial, np.uint8, "w+", shape=shape)
-            fill(slots)
-            slots.flush()
-            del slots
-            os.replace(partial, path)
-    return torch.from_numpy(np.memmap(path, np.uint8, "c", shape=shape))  # copy-on-write: never written back
-
-
-def load_images(paths: Sequence[Path], scale: float = 1.0, cache: Path | None = None) -> torch.Tensor:
-    return _decode_into(lambda i: decode_image(paths[i], scale), paths, True, cache, f"images {scale}")
+        flat_tensor = torch.empty(int(starts[-1]), dtype=torch.uint8)
+        fill(flat_tensor.numpy())
+    else:
+        stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+        key = hashlib.sha1(json.dumps([recipe, channels, list(sizes), stats]).encode()).hexdigest()[:16]
+        path = cache / f"{key}.uint8"
+        cache.mkdir(parents=True, exist_ok=True)
+        with open(cache / f"{key}.lock", "w") as lock:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # another process decoding the same set (torchrun): wait for it
+            if not (path.is_file() and path.stat().st_size == starts[-1]):
+                partial = path.with_suffix(".partial")  # a killed decode's leftover is overwritten
+                slots = np.memmap(partial, np.uint8, "w+", shape=(int(starts[-1]),))
+                fill(slots)
+                slots.flush()
+                del slots
+                os.replace(partial, path)
+        # copy-on-write: never written back
+        flat_tensor = torch.from_numpy(np.memmap(path, np.uint8, "c", shape=(int(starts[-1]),)))
+    if len(set(sizes)) == 1:
+        width, height = sizes[0]
+        return flat_tensor.view(len(paths), *([channels] if channels == 3 else []), height, width)
+    return flat_tensor
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """Reads only the header: the pixels are decoded (and checked) by `load_images`."""
+    """(width, height) from the header alone: the pixels are decoded (and checked) later."""
     try:
         with Image.open(path) as image:
             return image.size
@@ -234,26 +338,50 @@ def image_size(path: Path) -> tuple[int, int]:
         raise UserError(f"{path} cannot be read ({error}): copy or export it again.") from error
 
 
-def load_labels(paths: Sequence[Path], lookup: np.ndarray, scale: float = 1.0,
-                image_paths: Sequence[Path] | None = None, hint: str = "", cache: Path | None = None) -> torch.Tensor:
-    sizes = [None] * len(paths) if image_paths is None else _in_threads(image_size, image_paths)
-    return _decode_into(lambda i: decode_label(paths[i], scale, lookup, sizes[i], hint), paths, False, cache,
-                        f"labels {scale} {lookup.tobytes().hex()}")
+def _image_recipe(scale: float, max_side: int) -> str:
+    return f"images {scale} {max_side}"
 
 
-def load_labeled(image_paths: Sequence[Path], label_paths: Sequence[Path], lookup: np.ndarray, scale: float,
-                 hint: str = "", names: Sequence[str] | None = None, cache: Path | None = None) -> SegmentationSet:
-    """Images and their labels; named by `names`, or by the images' file stems."""
-    images = load_images(image_paths, scale, cache)
-    labels = load_labels(label_paths, lookup, scale, image_paths, hint, cache)
-    return SegmentationSet(images, labels, list(names or [p.stem for p in image_paths]), image_size(image_paths[0]))
+def _label_recipe(scale: float, max_side: int, lookup: np.ndarray) -> str:
+    return f"labels {scale} {max_side} {lookup.tobytes().hex()}"
 
 
-def load_unlabeled_folder(folder: Path, hint: str, scale: float, limit: int = 0,
-                          cache: Path | None = None) -> SegmentationSet:
+def load_images(paths: Sequence[Path], scale: float = 1.0, cache: Path | None = None,
+                max_side: int = 0) -> torch.Tensor:
+    sizes = [scaled_size(size, scale, max_side) for size in _in_threads(image_size, paths)]
+    return _decode_into(lambda i: decode_image(paths[i], scale, max_side), paths, sizes, 3, cache,
+                        _image_recipe(scale, max_side))
+
+
+def load_labels(paths: Sequence[Path], lookup: np.ndarray, scale: float = 1.0, cache: Path | None = None,
+                max_side: int = 0) -> torch.Tensor:
+    """Label files without images (pseudo-labels) through `lookup`."""
+    sizes = [scaled_size(size, scale, max_side) for size in _in_threads(image_size, paths)]
+    return _decode_into(lambda i: decode_label(paths[i], scale, lookup, max_side=max_side), paths, sizes, 1, cache,
+                        _label_recipe(scale, max_side, lookup))
+
+
+def load_set(image_paths: Sequence[Path], label_paths: Sequence[Path] | None, lookup: np.ndarray | None,
+             scale: float, max_side: int = 0, hint: str = "", names: Sequence[str] | None = None,
+             cache: Path | None = None) -> SegmentationSet:
+    """Images, and their labels where `label_paths` are given (each the size of its image), at `scale` with the
+    longer side capped at `max_side`; named by `names`, or by the images' file stems."""
+    sources = _in_threads(image_size, image_paths)
+    stored = [scaled_size(size, scale, max_side) for size in sources]
+    images = _decode_into(lambda i: decode_image(image_paths[i], scale, max_side), image_paths, stored, 3, cache,
+                          _image_recipe(scale, max_side))
+    labels = None if label_paths is None else _decode_into(
+        lambda i: decode_label(label_paths[i], scale, lookup, sources[i], hint, max_side), label_paths, stored, 1,
+        cache, _label_recipe(scale, max_side, lookup))
+    sizes = torch.tensor([(h, w) for w, h in stored], dtype=torch.long).view(-1, 2)
+    return SegmentationSet(images, labels, list(names or [p.stem for p in image_paths]), sizes, sources)
+
+
+def load_unlabeled_folder(folder: Path, hint: str, scale: float, limit: int = 0, cache: Path | None = None,
+                          max_side: int = 0) -> SegmentationSet:
     """The images of `folder`, without labels; `limit` > 0 keeps the first `limit` (sorted by name) for quick runs."""
     paths = image_files(folder, hint)[: limit if limit > 0 else None]
-    return SegmentationSet(load_images(paths, scale, cache), None, [p.stem for p in paths], image_size(paths[0]))
+    return load_set(paths, None, None, scale, max_side, hint, cache=cache)
 
 
 def split_names(names: list[str], fraction: float, seed: int, by_sequence: bool = False) -> tuple[list[str], list[str]]:

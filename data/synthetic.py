@@ -63,6 +63,62 @@ def make_street_scenes(root: str | Path, counts: Mapping[str, int] | None = None
     return root
 
 
+# Street classes as VOC classes: cars, people and bicycles are objects, everything else background.
+VOC_CLASSES = np.array([0, 0, 0, 7, 0, 0, 15, 0, 0, 0, 2, 255], np.uint8)
+
+
+def voc_sizes(count: int, seed: int = 0) -> list[tuple[int, int]]:
+    """(width, height) of `count` photos spread like VOC 2012's: the longer side 500 (a few shorter), mostly
+    landscape, a quarter portrait, shorter sides between 250 and 500."""
+    rng = np.random.default_rng([seed, 99])
+    sizes = []
+    for _ in range(count):
+        long = 500 if rng.random() < 0.95 else int(rng.integers(300, 500))
+        short = int(np.clip(rng.normal(0.72, 0.1) * long, 0.5 * long, long))
+        sizes.append((long, short) if rng.random() < 0.75 else (short, long))
+    return sizes
+
+
+def make_voc_tree(root: str | Path, sizes: Mapping[str, list[tuple[int, int]]], augmented: int = 0,
+                  seed: int = 0) -> Path:
+    """A Pascal VOC 2012 tree of street scenes under `root`: JPEGImages/NAME.jpg, SegmentationClass/NAME.png
+    (palette PNGs of class indices, 255 on a two-pixel band around each object, as VOC draws boundaries),
+    ImageSets/Segmentation/{train,val}.txt with the images of `sizes` (width, height) per list; and with
+    `augmented` > 0 that many more train images whose masks, like every train image's, are single-channel PNGs
+    in SegmentationClassAug/ (the SBD-augmented set; val's masks are there too). Returns root."""
+    from PIL import Image
+    from data.segmentation import voc_palette
+    root = Path(root)
+    palette = [value for colour in voc_palette(256) for value in colour]
+    listed: dict[str, list[str]] = {}
+    extra = [(500, 375)] * augmented
+    for split, split_sizes in [*sizes.items(), ("aug", extra)]:
+        for index, size in enumerate(split_sizes):
+            name = f"{2007 + STREAMS.get(split, 4)}_{index:06d}"
+            image, street = render_street_scene(size, np.random.default_rng([seed, STREAMS.get(split, 4), index]))
+            mask = VOC_CLASSES[street]
+            objects = mask != 0
+            grown = np.zeros_like(objects)
+            for dy in (-2, -1, 0, 1, 2):  # the band of two pixels around (and inside) each object's outline
+                for dx in (-2, -1, 0, 1, 2):
+                    grown |= np.roll(np.roll(objects, dy, 0), dx, 1) != objects
+            mask = np.where(grown & (mask != 255), 255, mask).astype(np.uint8)
+            (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(root / "JPEGImages" / f"{name}.jpg", quality=90)
+            if split != "aug":
+                indexed = Image.frombytes("P", size, mask.tobytes())  # the indices themselves, and VOC's colours
+                indexed.putpalette(palette)
+                (root / "SegmentationClass").mkdir(exist_ok=True)
+                indexed.save(root / "SegmentationClass" / f"{name}.png")
+                listed.setdefault(split, []).append(name)
+            if augmented:
+                write_png(root / "SegmentationClassAug" / f"{name}.png", mask)
+    for split, names in listed.items():
+        (root / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
+        (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
+    return root
+
+
 def render_street_scene(size: tuple[int, int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One scene: an (H, W, 3) uint8 picture and its (H, W) uint8 label map."""
     width, height = size

@@ -21,29 +21,45 @@ def _coin(n: int, p: float, generator: torch.Generator) -> torch.Tensor:
 
 
 def scale_crop_flip(images: torch.Tensor, labels: torch.Tensor, crop: int, mean: Sequence[float],
-                    ignore_index: int, generator: torch.Generator,
-                    scale: tuple[float, float] = (0.5, 2.0), flip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                    ignore_index: int, generator: torch.Generator, scale: tuple[float, float] = (0.5, 2.0),
+                    flip: bool = True, sizes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Random scale in `scale`, random square `crop` of the scaled image, random horizontal flip.
 
     Where the crop leaves the scaled image, images get the `mean` colour and labels `ignore_index`. Image and
-    label are sampled on one grid (bilinear and nearest), so they never drift apart.
+    label are sampled on one grid (bilinear and nearest), so they never drift apart. `sizes` (B,2), the height
+    and width of each image in a batch padded at the bottom and right to one size, crops each within its own.
     Returns float images (B,3,crop,crop) in [0, 255] and int64 labels (B,crop,crop).
     """
     b, _, h, w = images.shape
+    if sizes is not None:  # each image its own size: heights and widths per sample
+        height, width = sizes[:, 0].float(), sizes[:, 1].float()
+    else:
+        height, width = h, w
     s = _uniform(b, *scale, generator)
     # Offsets of the crop inside the scaled image; negative when the scaled image is the smaller.
-    ox = (s * w - crop) * torch.rand(b, generator=generator)
-    oy = (s * h - crop) * torch.rand(b, generator=generator)
-    sign = torch.where(_coin(b, 0.5 if flip else 0.0, generator), -1.0, 1.0)
-    # Output coordinate u (normalised, align_corners=False) maps to input x = (u_pixels + ox) / s.
-    # The map is axis-aligned, so the sampling grid is an outer sum of two 1-D coordinate vectors:
-    # cheaper than affine_grid's matrix product over every pixel.
+    ox = (s * width - crop) * torch.rand(b, generator=generator)
+    oy = (s * height - crop) * torch.rand(b, generator=generator)
+    mirror = _coin(b, 0.5 if flip else 0.0, generator)
     device = images.device
-    u = ((torch.arange(crop, device=device) + 0.5) * 2 / crop - 1)[None]
-    gx = (sign * crop / (s * w)).to(device)[:, None] * u + (sign * ((crop + 2 * ox) / (s * w) - 1)).to(device)[:, None]
-    gy = (crop / (s * h)).to(device)[:, None] * u + ((crop + 2 * oy) / (s * h) - 1).to(device)[:, None]
-    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
     mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    if sizes is None:
+        sign = torch.where(mirror, -1.0, 1.0)
+        # Output coordinate u (normalised, align_corners=False) maps to input x = (u_pixels + ox) / s.
+        # The map is axis-aligned, so the sampling grid is an outer sum of two 1-D coordinate vectors:
+        # cheaper than affine_grid's matrix product over every pixel.
+        u = ((torch.arange(crop, device=device) + 0.5) * 2 / crop - 1)[None]
+        gx = ((sign * crop / (s * w)).to(device)[:, None] * u
+              + (sign * ((crop + 2 * ox) / (s * w) - 1)).to(device)[:, None])
+        gy = (crop / (s * h)).to(device)[:, None] * u + ((crop + 2 * oy) / (s * h) - 1).to(device)[:, None]
+    else:
+        # In input pixels: output pixel k samples x = (k + 0.5 + ox) / s, mirrored within the image's own width.
+        centres = torch.arange(crop) + 0.5
+        x = (centres[None] + ox[:, None]) / s[:, None]
+        x = torch.where(mirror[:, None], width[:, None] - x, x)
+        y = (centres[None] + oy[:, None]) / s[:, None]
+        inside = (((x >= 0) & (x < width[:, None]))[:, None, :] & ((y >= 0) & (y < height[:, None]))[:, :, None])
+        gx, gy = (2 * x / w - 1).to(device), (2 * y / h - 1).to(device)
+    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
     out_images = F.grid_sample(images.float() - mean_t, grid, mode="bilinear", padding_mode="zeros",
                                align_corners=False) + mean_t
     # Shift labels by one so that the zero padding of grid_sample becomes -1, then ignore.
@@ -51,6 +67,10 @@ def scale_crop_flip(images: torch.Tensor, labels: torch.Tensor, crop: int, mean:
     out_labels = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=False)
     out_labels = out_labels.squeeze(1).long() - 1
     out_labels = torch.where(out_labels < 0, ignore_index, out_labels)
+    if sizes is not None:  # what lies beyond an image's own size, in the batch's padding, is outside too
+        inside = inside.to(device)
+        out_images = torch.where(inside[:, None], out_images, mean_t)
+        out_labels = torch.where(inside, out_labels, ignore_index)
     return out_images, out_labels
 
 

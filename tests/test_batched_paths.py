@@ -9,7 +9,7 @@ from data.segmentation import load_images, load_labels
 from data.transforms import scale_crop_flip
 from models.swiftnet import swiftnet_rn18
 from utils.dist import Runtime
-from utils.engine import evaluate
+from utils.engine import evaluate, slices
 from utils.metrics import ConfusionMatrix
 
 CAMVID_MEAN, CAMVID_STD = STATISTICS["camvid"]
@@ -62,7 +62,7 @@ def test_batched_evaluation_equals_per_image_evaluation(scenes):
     _, _, images, labels = scenes
     torch.manual_seed(0)
     model = swiftnet_rn18(NUM_CLASSES, *STATISTICS["camvid"]).eval()
-    batched = evaluate(model, images, labels, NUM_CLASSES, batch_size=4, rt=CPU)
+    batched = evaluate(model, slices(images, labels, 4), NUM_CLASSES, CPU)
     one_by_one = ConfusionMatrix(NUM_CLASSES)
     with torch.no_grad():
         for image, label in zip(images, labels):

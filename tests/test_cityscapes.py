@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -13,6 +13,7 @@ from PIL import Image
 import predict
 import semisup_cam
 from data import cityscapes
+from data.datasets import load_subset
 from data.segmentation import read_split_file
 from data.synthetic import render_street_scene
 from utils.errors import UserError
@@ -93,7 +94,7 @@ def test_class_names_and_colours_follow_the_train_ids() -> None:
 # ----------------------------------------------------------------------------- the file layout
 
 def test_load_subset_reads_label_ids_only_and_names_images_by_city_sequence_frame(tree: Path) -> None:
-    train = cityscapes.load_subset(tree, "train")
+    train = load_subset("cityscapes", tree, "train")
     assert train.names[:2] == ["aachen_000000_000000", "aachen_000000_000001"] and len(train) == 10
     ids = np.array(Image.open(tree / "gtFine/train/bochum/bochum_000000_000003_gtFine_labelIds.png"))
     assert np.array_equal(train.labels[train.names.index("bochum_000000_000003")].numpy(), expected_train_ids(ids))
@@ -102,9 +103,9 @@ def test_load_subset_reads_label_ids_only_and_names_images_by_city_sequence_fram
 
 
 def test_half_scale_halves_images_and_labels(tree: Path) -> None:
-    half = cityscapes.load_subset(tree, "val", scale=0.5)
+    half = load_subset("cityscapes", tree, "test", scale=0.5)  # the official val
     assert half.images.shape[-2:] == (TINY_SIZE[1] // 2, TINY_SIZE[0] // 2) == half.labels.shape[-2:]
-    assert half.source_size == TINY_SIZE
+    assert set(half.source_sizes) == {TINY_SIZE}
 
 
 def test_a_missing_label_is_named(tree: Path, tmp_path: Path) -> None:
@@ -113,14 +114,14 @@ def test_a_missing_label_is_named(tree: Path, tmp_path: Path) -> None:
     missing.unlink()
     with pytest.raises(UserError, match="1 of the 2 val images have no label: .*frankfurt_000000_000001_gtFine_"
                                         "labelIds.png.*official layout"):
-        cityscapes.load_subset(root, "val")
+        load_subset("cityscapes", root, "test")
 
 
-@pytest.mark.parametrize("subset", ["train", "val"])
-def test_a_missing_image_folder_explains_the_layout(tmp_path: Path, subset: str) -> None:
+@pytest.mark.parametrize("subset, official", [("train", "train"), ("test", "val")])
+def test_a_missing_image_folder_explains_the_layout(tmp_path: Path, subset: str, official: str) -> None:
     (tmp_path / "leftImg8bit" / "train").mkdir(parents=True)
-    with pytest.raises(UserError, match=r"leftImg8bit/" + subset + r" (does not exist|holds no).*gtFine/\{train,val\}"):
-        cityscapes.load_subset(tmp_path, subset)
+    with pytest.raises(UserError, match=rf"leftImg8bit/{official} (does not exist|holds no).*gtFine/\{{train,val\}}"):
+        load_subset("cityscapes", tmp_path, subset)
 
 
 # ----------------------------------------------------------------------------- the published splits
@@ -172,8 +173,12 @@ def test_a_half_size_model_is_validated_and_tested_at_full_size_with_eval_scale(
         tree: Path, tmp_path: Path, main_args: Callable[..., list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
     evaluated = []
     evaluate = semisup_cam.evaluate
-    monkeypatch.setattr(semisup_cam, "evaluate", lambda model, images, *args: evaluated.append(images.shape[-2:])
-                        or evaluate(model, images, *args))
+    def recording(model: Any, batches: Any, *args: Any) -> Any:
+        batches = list(batches)
+        evaluated.extend(images.shape[-2:] for images, _ in batches)
+        return evaluate(model, batches, *args)
+
+    monkeypatch.setattr(semisup_cam, "evaluate", recording)
     semisup_cam.main(main_args(tree, tmp_path, dataset="cityscapes", val_size=2, image_scale=0.5, eval_scale=1.0))
     assert set(evaluated) == {(TINY_SIZE[1], TINY_SIZE[0])} and len(evaluated) == 2  # validated once, tested once
 

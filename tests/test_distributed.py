@@ -15,7 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from data.camvid import NUM_CLASSES, STATISTICS, load_split
+from data.camvid import NUM_CLASSES, STATISTICS
+from data.datasets import load_subset
 from data.synthetic import make_street_scenes
 from models.swiftnet import swiftnet_rn18
 from utils.checkpoint import load_checkpoint, load_weights
@@ -60,8 +61,8 @@ def test_metrics_equal_a_single_process_evaluation(two_process_run):
     checkpoint = load_checkpoint(tmp / "ckpt" / "teacher_best.pth.tar")
     model = swiftnet_rn18(NUM_CLASSES, *STATISTICS["camvid"])
     load_weights(model, checkpoint, "teacher_best")
-    val = load_split(data, "val")
-    cm = evaluate(model, val.images, val.labels, NUM_CLASSES, 4, Runtime(torch.device("cpu")))
+    val = load_subset("camvid", data, "val")
+    cm = evaluate(model, val.batches(4), NUM_CLASSES, Runtime(torch.device("cpu")))
     assert cm.miou() == pytest.approx(checkpoint["val_iou"], abs=1e-9)
     summary = json.loads((tmp / "run" / "summary.json").read_text())
     assert summary["teacher"]["val_miou"] == pytest.approx(checkpoint["val_iou"], abs=1e-9)
@@ -88,6 +89,6 @@ def test_the_mean_teacher_scores_as_the_weights_rank_0_saves(tmp_path):
     state = load_checkpoint(tmp_path / "run" / "last_it1_joint.pth.tar")
     mean_teacher = swiftnet_rn18(NUM_CLASSES, *STATISTICS["camvid"])
     mean_teacher.load_state_dict(state["mean_teacher"])
-    val = load_split(data, "val")
-    cm = evaluate(mean_teacher, val.images, val.labels, NUM_CLASSES, 4, Runtime(torch.device("cpu")))
+    val = load_subset("camvid", data, "val")
+    cm = evaluate(mean_teacher, val.batches(4), NUM_CLASSES, Runtime(torch.device("cpu")))
     assert cm.miou() == pytest.approx(logged["mean_teacher_score"], abs=1e-9)

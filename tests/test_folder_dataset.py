@@ -13,7 +13,7 @@ from PIL import Image
 import predict
 import semisup_cam
 from data import folder
-from data.segmentation import load_labeled
+from data.segmentation import IMAGENET, load_set
 from data.synthetic import render_street_scene
 from utils.errors import UserError
 from utils.io import write_png
@@ -47,16 +47,16 @@ def own_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # ----------------------------------------------------------------------------- the class file
 
 def test_the_class_file_gives_names_colours_and_the_ignore_value(own_data: Path) -> None:
-    table, lookup = folder.read_classes(own_data)
+    table, lookup = folder.classes(own_data)
     assert table.names == ("built", "open", "ground") and table.ignore_index == 3
     assert table.colours == ((200, 0, 0), (0, 200, 0), (0, 0, 200), (0, 0, 0))
-    assert table.mean == folder.IMAGENET[0]
+    assert table.mean == IMAGENET[0]
     assert lookup[255] == 3 and lookup[3] == 3 and [lookup[v] for v in range(3)] == [0, 1, 2]
     assert lookup[4] == lookup[254] == 255  # invalid: an error when a label holds it
 
 
 def test_names_alone_make_a_class_file(tmp_path: Path) -> None:
-    table, lookup = folder.read_classes(make_folder(tmp_path, 1, 0, {"names": ["a", "b"]}))
+    table, lookup = folder.classes(make_folder(tmp_path, 1, 0, {"names": ["a", "b"]}))
     assert len(set(table.colours)) == 3 and table.colours[-1] == (0, 0, 0)
     assert lookup[2] == 2 and lookup[255] == 255
 
@@ -72,19 +72,19 @@ def test_names_alone_make_a_class_file(tmp_path: Path) -> None:
 def test_a_wrong_class_file_says_what_it_needs(tmp_path: Path, spec: Any, message: str) -> None:
     (tmp_path / "classes.json").write_text(json.dumps(spec))
     with pytest.raises(UserError, match=f"classes.json: .*{message}.*README, 'Cityscapes and your own data'"):
-        folder.read_classes(tmp_path)
+        folder.classes(tmp_path)
 
 
 def test_a_missing_class_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="classes.json cannot be read.*images/ and labels/"):
-        folder.read_classes(tmp_path)
+        folder.classes(tmp_path)
 
 
 # ----------------------------------------------------------------------------- labels
 
 def test_the_ignore_value_becomes_the_ignore_index(own_data: Path) -> None:
-    _, lookup = folder.read_classes(own_data)
-    data = load_labeled(*folder.files(own_data), lookup, 1.0)
+    _, lookup = folder.classes(own_data)
+    data = load_set(*folder.files(own_data, "train"), lookup, 1.0)
     raw = np.array(Image.open(own_data / "labels" / "photo004.png"))
     assert (raw == 255).any()
     assert np.array_equal(data.labels[4].numpy(), np.where(raw == 255, 3, raw))
@@ -96,7 +96,7 @@ def test_a_label_value_outside_the_classes_is_named(tmp_path: Path) -> None:
     bad[0, 0] = 7
     write_png(root / "labels" / "photo001.png", bad)
     with pytest.raises(UserError, match=r"photo001.png holds the value 7, but its valid values are 0..3, 255"):
-        load_labeled(*folder.files(root), folder.read_classes(root)[1], 1.0)
+        load_set(*folder.files(root, "train"), folder.classes(root)[1], 1.0)
 
 
 # ----------------------------------------------------------------------------- training

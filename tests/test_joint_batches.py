@@ -66,7 +66,8 @@ def test_an_empty_set_is_refused(cpu: Runtime) -> None:
 def uniform_set(count: int, label: int) -> SegmentationSet:
     return SegmentationSet(torch.full((count, 3, 16, 16), 100, dtype=torch.uint8),
                            torch.full((count, 16, 16), label, dtype=torch.uint8),
-                           [f"{label}_{i}" for i in range(count)], (16, 16))
+                           [f"{label}_{i}" for i in range(count)], torch.tensor([[16, 16]] * count),
+                           [(16, 16)] * count)
 
 
 def test_each_joint_batch_holds_the_labeled_crops_first_then_the_pseudo_labeled_ones(cpu: Runtime) -> None:

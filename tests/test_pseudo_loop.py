@@ -16,7 +16,8 @@ from PIL import Image
 from torch import nn
 
 import semisup_cam
-from data.camvid import CLASS_NAMES, CLASSES, IGNORE_INDEX, NUM_CLASSES, load_unlabeled
+from data.camvid import CLASS_NAMES, CLASSES, IGNORE_INDEX, NUM_CLASSES
+from data.datasets import load_frames
 from data.segmentation import SegmentationSet, read_split_file, sequence_of, split_names
 from data.synthetic import make_street_scenes
 from utils.checkpoint import save_checkpoint
@@ -67,14 +68,14 @@ class FixedLogits(nn.Module):
 def random_frames(count: int, height: int = 12, width: int = 16, seed: int = 0) -> SegmentationSet:
     generator = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (count, 3, height, width), dtype=torch.uint8, generator=generator)
-    return SegmentationSet(images, None, [f"frame_{i:02d}" for i in range(count)], (width, height))
+    return SegmentationSet(images, None, [f"frame_{i:02d}" for i in range(count)],
+                           torch.tensor([[height, width]] * count), [(width, height)] * count)
 
 
 def write_labels(model: nn.Module, frames: SegmentationSet, folder: Path, identity: dict[str, Any], rt: Runtime,
           **options: Any) -> list[str]:
     """label_frames on a SegmentationSet of CamVid frames."""
-    return label_frames(model, frames.images, frames.names, frames.source_size, folder, identity, rt, IGNORE_INDEX,
-                        NUM_CLASSES, **options)
+    return label_frames(model, frames, folder, identity, rt, IGNORE_INDEX, NUM_CLASSES, **options)
 
 
 def read_png(path: Path) -> np.ndarray:
@@ -100,7 +101,7 @@ def mtimes(folder: Path) -> dict[str, int]:
 
 def test_label_frames_writes_one_png_per_frame_at_the_size_on_disk(tiny_scenes: Path, tmp_path: Path,
                                                                     cpu: Runtime) -> None:
-    frames = load_unlabeled(tiny_scenes / "unlabeled" / "train", scale=0.5)
+    frames = load_frames("camvid", tiny_scenes, scale=0.5)
     assert frames.images.shape[-2:] == (TINY_SIZE[1] // 2, TINY_SIZE[0] // 2)  # predicted at half size
     model = PixelModel()
     folder = pseudo_folder(tmp_path / "unlabeled", 1)
@@ -223,7 +224,8 @@ def test_another_identity_clears_the_folder(tmp_path: Path, cpu: Runtime) -> Non
 def test_other_frames_of_the_same_count_clear_the_folder_and_its_reliability(tmp_path: Path, cpu: Runtime) -> None:
     frames = random_frames(4)
     write_labels(PixelModel(0), frames, tmp_path, {"teacher": "a"}, cpu, batch_size=4, image_share=0.5)
-    renamed = SegmentationSet(frames.images, None, [f"other_{name}" for name in frames.names], frames.source_size)
+    renamed = SegmentationSet(frames.images, None, [f"other_{name}" for name in frames.names], frames.sizes,
+                              frames.source_sizes)
     model = PixelModel(0)
     kept = write_labels(model, renamed, tmp_path, {"teacher": "a"}, cpu, batch_size=4, image_share=0.5)
     assert model.images_seen == 8  # the reliability survey and the labels, both made again

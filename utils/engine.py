@@ -128,20 +128,26 @@ def predict_probs(model: nn.Module, images: torch.Tensor, rt: Runtime, scales: S
     return total / (len(scales) * (2 if flip else 1))
 
 
+def slices(images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> Iterator[Batch]:
+    """Consecutive batches of a set held as two tensors, for `evaluate`."""
+    return ((images[start : start + batch_size], labels[start : start + batch_size])
+            for start in range(0, len(images), batch_size))
+
+
 @torch.inference_mode()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, batch_size: int,
-             rt: Runtime) -> ConfusionMatrix:
-    """Confusion matrix of `model` on a labeled set, each process taking every world-th batch."""
+def evaluate(model: nn.Module, batches: Iterable[Batch], num_classes: int, rt: Runtime) -> ConfusionMatrix:
+    """Confusion matrix of `model` over `batches` of images and labels, each process taking every world-th batch."""
     model.eval()
     cm = ConfusionMatrix(num_classes, rt.device)
     all_finite = torch.ones((), dtype=torch.bool, device=rt.device)  # checked once at the end: no sync per batch
-    starts = range(rt.rank * batch_size, len(images), batch_size * rt.world)
-    for start in tqdm(starts, desc="eval", leave=False, disable=not rt.is_main, dynamic_ncols=True):
-        batch = images[start : start + batch_size].to(rt.device, non_blocking=True)
+    for k, (images, labels) in enumerate(tqdm(batches, desc="eval", leave=False, disable=not rt.is_main,
+                                              dynamic_ncols=True)):
+        if k % rt.world != rt.rank:
+            continue
         with rt.autocast():
-            logits = model(batch)
+            logits = model(images.to(rt.device, non_blocking=True))
         all_finite &= logits.isfinite().all()
-        cm.update(labels[start : start + batch_size].to(rt.device, non_blocking=True), logits.argmax(1))
+        cm.update(labels.to(rt.device, non_blocking=True), logits.argmax(1))
     if not all_finite:
         raise TrainingDiverged("The model's logits are NaN or infinite: its weights have diverged.")
     cm.reduce()

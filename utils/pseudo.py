@@ -1,6 +1,6 @@
 """Pseudo-labels: which predictions to keep, the files they are written to, soft targets and the mean teacher.
 
-Segmentation pseudo-labels are class-index PNGs, one per unlabeled frame, at the frame's size on disk. Files are
+Segmentation pseudo-labels are class-index PNGs, one per unlabeled frame, at that frame's own size on disk. Files are
 written atomically, so after a kill a re-run writes just the missing ones; a manifest names the teacher and options
 that made the folder, and a folder made by another is cleared rather than mixed.
 """
@@ -10,7 +10,7 @@ import json
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,18 @@ from utils.metrics import ConfusionMatrix
 
 MANIFEST = "pseudo.json"
 RELIABILITY = "reliability.json"
+
+
+class Frames(Protocol):
+    """What pseudo-labeling needs of a set of frames (data.segmentation.SegmentationSet has it): their names and
+    sizes on disk, and batches of frames of one size."""
+
+    names: list[str]
+    source_sizes: list[tuple[int, int]]  # (width, height)
+
+    def groups(self, batch_size: int, indices: Sequence[int] | None = None) -> list[list[int]]: ...
+
+    def stack(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
 def image_reliability(confidence: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -67,15 +79,15 @@ def _is_complete(path: Path, size: tuple[int, int]) -> bool:
         return False
 
 
-def label_frames(model: nn.Module, images: torch.Tensor, names: list[str], source_size: tuple[int, int],
-                 folder: Path, identity: dict[str, Any], rt: Runtime, ignore_index: int, num_classes: int,
-                 batch_size: int, threshold: float = 0.0, scales: Sequence[float] = (1.0,), flip: bool = False,
-                 image_share: float = 1.0) -> list[str]:
-    """Writes `folder/<name>.png`, at `source_size` (width, height), for every frame not already there;
-    each process takes its share. A folder that another teacher or other options (`identity`) made is cleared.
+def label_frames(model: nn.Module, frames: Frames, folder: Path, identity: dict[str, Any], rt: Runtime,
+                 ignore_index: int, num_classes: int, batch_size: int, threshold: float = 0.0,
+                 scales: Sequence[float] = (1.0,), flip: bool = False, image_share: float = 1.0) -> list[str]:
+    """Writes `folder/<name>.png`, at the frame's size on disk, for every frame not already there; each process
+    takes its share. A folder that another teacher or other options (`identity`) made is cleared.
     Returns the frames the student learns from: all, or with `image_share` < 1 that share with the highest
     `image_reliability` (kept in `folder/reliability.json` from a first pass over all frames).
     """
+    names = frames.names
     # The folder belongs to these very frames, not only to this many: another split or frame folder with
     # the same count must not reuse its files or the reliability scores, which are keyed by name.
     identity = {**identity, "frame_names_crc32": zlib.crc32("\n".join(names).encode())}
@@ -92,8 +104,8 @@ def label_frames(model: nn.Module, images: torch.Tensor, names: list[str], sourc
         rt.barrier()
         if image_share < 1 and rt.broadcast(not (folder / RELIABILITY).is_file() if rt.is_main else None):
             reliability = torch.zeros(len(names), device=rt.device)
-            for index, confidence, labels in _predictions(model, images, list(range(rt.rank, len(names), rt.world)),
-                                                          source_size, rt, batch_size, scales, flip, "reliability"):
+            for index, confidence, labels in _predictions(model, frames, range(rt.rank, len(names), rt.world), rt,
+                                                          batch_size, scales, flip, "reliability"):
                 reliability[index] = image_reliability(confidence, labels, num_classes).to(rt.device)
             if rt.distributed:
                 torch.distributed.all_reduce(reliability)
@@ -101,12 +113,12 @@ def label_frames(model: nn.Module, images: torch.Tensor, names: list[str], sourc
                 write_json(folder / RELIABILITY, {"reliability": dict(zip(names, reliability.tolist()))})
         # Rank 0 lists what is missing for everyone: a rank listing later would see rank 0's new files.
         paths = [folder / f"{name}.png" for name in names]
-        todo = rt.broadcast([i for i, path in enumerate(paths) if not _is_complete(path, source_size)]
+        todo = rt.broadcast([i for i, path in enumerate(paths) if not _is_complete(path, frames.source_sizes[i])]
                             if rt.is_main else None)
         with ThreadPoolExecutor(max_workers=4) as writer:
             pending = []
-            for index, confidence, labels in _predictions(model, images, todo[rt.rank :: rt.world], source_size, rt,
-                                                          batch_size, scales, flip, f"pseudo-labels → {folder.name}"):
+            for index, confidence, labels in _predictions(model, frames, todo[rt.rank :: rt.world], rt, batch_size,
+                                                          scales, flip, f"pseudo-labels → {folder.name}"):
                 labels[confidence < threshold] = ignore_index
                 labels = labels.to(torch.uint8).cpu().numpy()
                 pending += [writer.submit(write_png, paths[i], labels[k]) for k, i in enumerate(index)]
@@ -122,15 +134,14 @@ def label_frames(model: nn.Module, images: torch.Tensor, names: list[str], sourc
     return [name for name in names if name in kept]
 
 
-def _predictions(model: nn.Module, images: torch.Tensor, indices: list[int], source_size: tuple[int, int],
-                 rt: Runtime, batch_size: int, scales: Sequence[float], flip: bool,
+def _predictions(model: nn.Module, frames: Frames, indices: Sequence[int], rt: Runtime, batch_size: int,
+                 scales: Sequence[float], flip: bool,
                  desc: str) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
-    """(frame indices, confidence, argmax) per batch, at the frames' size on disk."""
-    width, height = source_size
-    for start in tqdm(range(0, len(indices), batch_size), desc=desc, leave=False, disable=not rt.is_main,
+    """(frame indices, confidence, argmax) per batch of frames of one size, at their size on disk."""
+    for index in tqdm(frames.groups(batch_size, indices), desc=desc, leave=False, disable=not rt.is_main,
                       dynamic_ncols=True):
-        index = indices[start : start + batch_size]
-        probs = predict_probs(model, images[index], rt, scales, flip)
+        probs = predict_probs(model, frames.stack(index)[0], rt, scales, flip)
+        width, height = frames.source_sizes[index[0]]
         if probs.shape[-2:] != (height, width):
             probs = F.interpolate(probs, (height, width), mode="bilinear", align_corners=False)
         confidence, labels = probs.max(1)

@@ -101,7 +101,8 @@ def run_section(run: SimpleNamespace) -> str:
     """What the run is and how far it got, then its models: validation, test, pseudo-label quality, promotion.
     The teacher has no key of its own for `taught by`, pseudo-labels or promotion, so those cells read `–`."""
     state = "finished" if run.summary.get("finished") else "not finished"
-    text = f"`{run.folder}`: {TASK_NAMES[run.score]}, {state}, {len(run.iterations)} iteration(s) recorded."
+    data = run.summary.get("data") or TASK_NAMES[run.score]  # runs from before the record named their data
+    text = f"`{run.folder}`: {data}, {state}, {len(run.iterations)} iteration(s) recorded."
     if run.teacher.get("best_epoch") is not None:
         text += f" The teacher's best epoch was {run.teacher['best_epoch']}."
     if run.summary.get("current_teacher"):
