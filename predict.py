@@ -36,17 +36,28 @@ from utils.io import write_png
 from utils.pictures import colourise
 
 
-def class_table(config: dict) -> ClassTable:
-    """The classes, colours and statistics of the data set a checkpoint's run trained on."""
-    dataset = DATASETS[config.get("dataset", "camvid")]
+def class_table(checkpoint: dict, path: Path) -> ClassTable:
+    """The classes, colours and statistics the checkpoint carries; for a checkpoint from before it carried them,
+    those of the data set its run trained on, read from that data set."""
+    if "classes" in checkpoint:
+        table = checkpoint["classes"]
+        try:
+            return ClassTable(tuple(table["names"]), tuple(tuple(c) for c in table["colours"]), tuple(table["mean"]),
+                              tuple(table["std"]), table["ignore_name"])
+        except (KeyError, TypeError) as error:
+            raise UserError(f"{path} holds a damaged class table ({error!r}): train the model again.") from error
+    config = checkpoint.get("config") if isinstance(checkpoint.get("config"), dict) else {}
+    dataset = DATASETS.get(config.get("dataset", "camvid"))
+    if dataset is None:
+        raise UserError(f"{path} was trained on --dataset={config.get('dataset')}, which this code does not know.")
     return dataset.classes(Path(config.get("data_root", "")), config.get("normalization", "dataset"))[0]
 
 
 def load_model(path: Path, rt: Runtime) -> tuple[nn.Module, dict, ClassTable]:
     """The SwiftNet-RN18 of a checkpoint, on the device, the config it was trained with and its classes."""
     checkpoint = load_checkpoint(path)
-    config = checkpoint.get("config") or {}
-    classes = class_table(config)
+    config = checkpoint.get("config") if isinstance(checkpoint.get("config"), dict) else {}
+    classes = class_table(checkpoint, path)
     model = swiftnet_rn18(classes.num_classes, classes.mean, classes.std)
     load_weights(model, checkpoint, path)
     return rt.prepare(model).eval(), config, classes
@@ -82,7 +93,7 @@ def predict_batch(model: nn.Module, paths: Sequence[Path], size: tuple[int, int]
 def predict_folder(model: nn.Module, images: Path, out: Path, scale: float, batch_size: int,
                    colours: Sequence[tuple[int, int, int]], rt: Runtime, max_side: int = 0) -> int:
     """Writes OUT/index/<name>.png and OUT/colour/<name>.png for every image; returns their number."""
-    paths = image_files(images)
+    paths = image_files(images, "Give --images a folder of .png/.jpg images to segment.")
     with tqdm(total=len(paths), desc="predict", unit="image", dynamic_ncols=True) as bar:
         for batch, size in same_size_batches(paths, batch_size):
             for path, labels in zip(batch, predict_batch(model, batch, size, scale, rt, max_side)):
@@ -116,7 +127,7 @@ def run(args: argparse.Namespace) -> str:
     rt = Runtime(device, precision=resolve_precision(args.precision, device))
     model, config, classes = load_model(args.checkpoint, rt)
     scale = args.image_scale if args.image_scale is not None else float(config.get("image_scale", 1.0))
-    if not scale > 0:
+    if not 0 < scale < float("inf"):
         raise UserError(f"--image-scale={scale}: give a positive factor, e.g. 0.5 for half size.")
     try:
         count = predict_folder(model, args.images, args.out, scale, args.batch_size, classes.colours, rt,

@@ -16,6 +16,7 @@ validates better than its teacher becomes the next teacher.
 Every constant below can be overridden as --lower_case_name=value.
 """
 import copy
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -38,7 +39,7 @@ from utils.dist import Runtime, seed_everything, teardown
 from utils.engine import (Batch, Best, Candidate, Step, batch_plan, cross_entropy, endless_batches, evaluate, fit,
                           predict_probs)
 from utils.errors import UserError
-from utils.io import write_json
+from utils.io import read_json, write_json
 from utils.pictures import prediction_pictures, pseudo_label_pictures
 from utils.pseudo import MeanTeacher, label_frames, pseudo_folder, pseudo_quality, soft_targets
 from utils.records import Run, iteration_table, start_run
@@ -152,6 +153,17 @@ def check_config(cfg: Config) -> None:
         raise UserError(f"--pretrained_path={cfg.pretrained_path} holds ImageNet weights, but --pretrained=False "
                         "trains from scratch: set --pretrained=True to start from the file, or leave out "
                         "--pretrained_path.")
+    if cfg.split_file and cfg.labeled_fraction != 1:
+        raise UserError(f"--split_file={cfg.split_file} says which images keep their labels, so "
+                        f"--labeled_fraction={cfg.labeled_fraction} would be ignored: leave one of them out.")
+    written = {"teacher_best.pth.tar"} - ({"teacher_best.pth.tar"} if cfg.teacher_checkpoint else set())
+    written |= {f"student_it{i}_best.pth.tar" for i in range(1, cfg.no_iter + 1)}
+    for name in ("init_checkpoint", "teacher_checkpoint"):
+        path = Path(cfg[name]) if cfg[name] else None
+        if path and path.name in written and path.parent.resolve() == Path(cfg.save_dir).resolve():
+            raise UserError(f"--{name}={path} is a file this run writes into --save_dir={cfg.save_dir}, so it would "
+                            f"be replaced while the run still needs it: copy it elsewhere first, or give another "
+                            "--save_dir.")
     if cfg.init_checkpoint:
         if not Path(cfg.init_checkpoint).is_file():
             raise UserError(f"--init_checkpoint={cfg.init_checkpoint} does not exist: give a SwiftNet checkpoint "
@@ -195,33 +207,65 @@ def load_data(cfg: Config, rt: Runtime, run: Run) -> tuple[ClassTable, Segmentat
     val, test = (load_subset(cfg.dataset, root, subset, eval_scale, cache, cfg.max_side, cfg.normalization)
                  for subset in ("val", "test"))
     frames = load_frames(cfg.dataset, root, scale, cfg.max_unlabeled, cache, cfg.max_side) if wants_frames else None
-    own_val = val is not None
-    if test is None:  # held out of the train images, the same for every SEED
-        test_names, names = held_out(names, cfg.val_size, 0, "test")
+    own_val, own_test = val is not None, test is not None
+    split = read_split_file(cfg.split_file, names) if cfg.split_file else {}
+    if not own_test:  # held out of the train images, the same for every SEED (or as a run's split.json has it)
+        test_names = split.get("test") or held_out([n for n in names if n not in set(split.get("labeled", []))],
+                                                   cfg.val_size, 0, "test")[0]
+        names = [name for name in names if name not in set(test_names)]
         test = load(test_names, eval_scale)
     labeled_names, unlabeled_names = names, []
-    if cfg.split_file:
-        labeled_names, unlabeled_names = read_split_file(cfg.split_file, names)
+    if split:
+        labeled_names = split["labeled"]
+        unlabeled_names = [name for name in split["unlabeled"] if name in set(names)]  # not the held-out test
     elif split_protocol:
         labeled_names, unlabeled_names = split_names(names, cfg.labeled_fraction, cfg.seed, cfg.split_by_sequence)
-    if val is None:
-        if unlabeled_names:
+    if not own_val:
+        if split.get("val"):
+            val_names = split["val"]
+        elif unlabeled_names:
             val_names, unlabeled_names = held_out(unlabeled_names, cfg.val_size, cfg.seed, "val")
         else:
             val_names, labeled_names = held_out(labeled_names, cfg.val_size, cfg.seed, "val")
         val = load(val_names, eval_scale)
     if cfg.max_unlabeled > 0:
         unlabeled_names = unlabeled_names[: cfg.max_unlabeled]
-    if rt.is_main and (split_protocol or not own_val):
-        write_json(run.folder / "split.json", {"labeled": labeled_names, "unlabeled": unlabeled_names,
-                                               **({} if own_val else {"val": val.names})})
+    recorded = {"labeled": labeled_names, "unlabeled": unlabeled_names,
+                **({} if frames is None else {"frames": frames.names}),
+                **({} if own_val else {"val": val.names}), **({} if own_test else {"test": test.names})}
+    check_split(recorded, run)
+    if cfg.no_iter > 0 and not (unlabeled_names or frames):  # found now, not after the teacher trained for hours
+        raise UserError("No unlabeled images are left to learn from: the split puts every train image in the labeled "
+                        "or val set. Lower --labeled_fraction, list fewer labeled images in SPLIT_FILE, or train the "
+                        "teacher alone (--no_iter=0).")
+    if rt.is_main:
+        write_json(run.folder / "split.json", recorded)
     labeled = load(labeled_names)
     unlabeled = load(unlabeled_names) if split_protocol else frames
+    if cfg.no_iter > 0 and cfg.pseudo_tta and int(unlabeled.sizes.min()) * min(cfg.tta_scales) < 1:
+        raise UserError(f"--tta_scales={','.join(map(str, cfg.tta_scales))} shrinks the smallest unlabeled image "
+                        f"({int(unlabeled.sizes.min())} pixels on a side) to nothing: give larger scales.")
     sets = [labeled, unlabeled, val, test]
     if rt.device.type == "cuda" and (cfg.data_on_device or not cache):  # pinned: asynchronous copies
         move = (lambda tensor: tensor.to(rt.device)) if cfg.data_on_device else torch.Tensor.pin_memory
         sets = [s if s is None else s.apply(move) for s in sets]
     return classes, sets[0], sets[1], sets[2], sets[3]
+
+
+def check_split(split: dict[str, list[str]], run: Run) -> None:
+    """A run that has trained something keeps its split: data that would change it (images added, removed or
+    renamed) is refused, naming what changed."""
+    earlier = read_json(run.folder / "split.json")
+    if not (run.progress or run.summary["teacher"]) or not isinstance(earlier, dict):
+        return
+    for key in sorted(set(split) & set(earlier)):  # a record from older code may lack a key
+        now, before = set(split.get(key, [])), set(earlier.get(key, []))
+        if now != before:
+            added, removed = sorted(now - before), sorted(before - now)
+            raise UserError(f"The data changed since the run {run.folder} began: its {key} images would now be "
+                            f"{len(now)}, not {len(before)} ({len(added)} new, e.g. {added[:2]}; {len(removed)} gone, "
+                            f"e.g. {removed[:2]}). Its models learned from the split in split.json: restore the data, "
+                            "or start another run (--run_dir=NEW or --resume=False).")
 
 
 def held_out(names: list[str], count: int, seed: int, purpose: str) -> tuple[list[str], list[str]]:
@@ -405,7 +449,8 @@ def fresh_model(classes: ClassTable, cfg: Config, rt: Runtime, salt: int) -> nn.
     model = build(classes, cfg, pretrained=cfg.pretrained and not cfg.init_checkpoint)
     if cfg.init_checkpoint:
         checkpoint = load_checkpoint(cfg.init_checkpoint)
-        report = load_fitting(model, convert_reference_state_dict(checkpoint.get("state_dict", checkpoint)),
+        state = checkpoint.get("state_dict", checkpoint)
+        report = load_fitting(model, convert_reference_state_dict(state) if isinstance(state, dict) else state,
                               cfg.init_checkpoint)
         if rt.is_main:
             tqdm.write(report)
@@ -513,6 +558,7 @@ def main(argv: list[str]) -> None:
     cfg, rt, run = start_run(globals(), argv, DEMO, "cam", check_config, make_demo_data)
     run.summary["data"] = DATASETS[cfg.dataset].TITLE  # what the report calls the run's data
     classes, labeled, unlabeled, val, test_set = load_data(cfg, rt, run)
+    run.carried["classes"] = dataclasses.asdict(classes)  # predict.py needs no data folder, only the checkpoint
     if cfg.no_iter > 0 and not is_online(cfg) and rt.is_main:  # before the teacher trains for hours
         run.hold(pseudo_root(cfg), "PSEUDO_ROOT", "runs that overlap need their own --pseudo_root, or wait for "
                                                   "that run to finish")

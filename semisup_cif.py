@@ -128,6 +128,10 @@ def load_data(cfg: Config, rt: Runtime, run: Run) -> tuple[Images, Images, Image
     val, unlabeled = shuffled[: cfg.val_size].sort().values, shuffled[cfg.val_size :].sort().values
     if cfg.max_unlabeled > 0:
         unlabeled = unlabeled[: cfg.max_unlabeled]
+    if cfg.no_iter > 0 and len(unlabeled) == 0:  # found now, not after the teacher has trained
+        raise UserError(f"No unlabeled images are left to learn from: {len(labeled)} labeled and {len(val)} val "
+                        "images take all the train images. Lower --labeled_fraction or --val_size, or train the "
+                        "teacher alone (--no_iter=0).")
     if rt.is_main:
         write_json(run.folder / "split.json", {"labeled": labeled.tolist(), "val": val.tolist(),
                                                "unlabeled": unlabeled.tolist()})

@@ -53,6 +53,11 @@ def files(root: str | Path, subset: str) -> tuple[list[Path], list[Path]] | None
     images = sorted(image_dir.glob(f"*/*{IMAGE_SUFFIX}"))
     if not images:
         raise UserError(f"{image_dir} holds no CITY/*{IMAGE_SUFFIX} images. {LAYOUT}.")
+    seen: dict[str, Path] = {}
+    for path in images:  # images are known by name alone (split lists, pseudo-labels): two cities must not share one
+        if name_of(path) in seen:
+            raise UserError(f"{seen[name_of(path)]} and {path} have the same name: keep one of them. {LAYOUT}.")
+        seen[name_of(path)] = path
     labels = [Path(root) / "gtFine" / official / path.parent.name / (name_of(path) + LABEL_SUFFIX) for path in images]
     missing = [path for path in labels if not path.is_file()]
     if missing:

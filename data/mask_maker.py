@@ -160,13 +160,23 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if len(args.src) != len(args.out):
         parser.error(f"got {len(args.src)} --src but {len(args.out)} --out; give them in pairs")
+    if args.workers < 1:
+        parser.error(f"--workers={args.workers}: give at least 1 thread")
+    for src, out in zip(args.src, args.out):
+        if src.resolve() == out.resolve():
+            parser.error(f"--out {out} is --src itself: the index masks would replace the colour masks they are made "
+                         "from. Give another --out folder.")
     counts: dict[Path, int] = {}
     for src, out in zip(args.src, args.out):
         pairs = pair_labels(src)
         if not pairs:
             raise SystemExit(f"mask_maker: no .png masks in {src}; check the --src folder.")
         tasks = {path: partial(convert_file, path, out / name, args.eleven_only) for name, path in pairs.items()}
-        counts.update(run_in_threads(tasks, args.workers, f"masks {src.name}", "mask"))
+        try:
+            counts.update(run_in_threads(tasks, args.workers, f"masks {src.name}", "mask"))
+        except OSError as error:
+            raise SystemExit(f"mask_maker: cannot write into {out} ({error.strerror or error}): give a writable --out "
+                             "folder with room for the masks.") from None
     bad = sum(1 for count in counts.values() if count)
     print(f"converted {len(counts)} masks; {bad} had colours outside the palette "
           f"({sum(counts.values())} pixels mapped to Void)")

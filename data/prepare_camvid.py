@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--splits", type=Path, default=DEFAULT_SPLITS, help="folder of train.txt, val.txt, test.txt")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers={args.workers}: give at least 1 thread")
     official = args.images is not None or args.labels is not None
     if official == (args.segnet is not None):
         parser.error("give either --images and --labels (official download) or --segnet")
@@ -156,6 +158,9 @@ def main(argv: list[str] | None = None) -> None:
             target = args.out / path.relative_to(staging)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
+    except OSError as error:
+        raise SystemExit(f"prepare_camvid: cannot write {error.filename or args.out} ({error.strerror or error}): "
+                         f"give a writable --out with room for CamVid (about 0.5 GB).") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     sizes = ", ".join(f"{subset} {len(names)}" for subset, names in splits.items())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 try:
     import fcntl
@@ -23,6 +25,7 @@ except ImportError:  # Windows: no lock; give each process its own DATA_CACHE
     fcntl = None
 
 from utils.errors import UserError
+from utils.io import read_json, write_json
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 INVALID = 255  # in a label lookup: a file value that is an error, not a class
@@ -65,11 +68,11 @@ class ClassTable:
 
 
 def index_lookup(num_classes: int, ignore_values: Sequence[int] = ()) -> np.ndarray:
-    """File value → class index for labels stored as indices: 0..C-1 stay, C and `ignore_values` become
-    ignore (C), everything else is INVALID."""
+    """File value → class index for labels stored as indices: 0..C-1 stay, `ignore_values` (C where none are
+    given: CamVid's Void, the pseudo-labels' ignore) become ignore (C), everything else is INVALID."""
     lookup = np.full(256, INVALID, dtype=np.uint8)
     lookup[: num_classes] = np.arange(num_classes)
-    lookup[[num_classes, *ignore_values]] = num_classes
+    lookup[list(ignore_values) or [num_classes]] = num_classes
     return lookup
 
 
@@ -226,18 +229,35 @@ def scaled_size(size: tuple[int, int], scale: float, max_side: int = 0) -> tuple
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
+def _too_large(path: Path, error: Exception) -> UserError:
+    return UserError(f"{path} is larger than Pillow decodes without suspecting a decompression bomb ({error}). "
+                     "Shrink or tile it first.")
+
+
 def _open(path: Path) -> Image.Image:
     try:
         image = Image.open(path)
         image.load()
         return image
+    except Image.DecompressionBombError as error:
+        raise _too_large(path, error) from error
     except (OSError, SyntaxError, ValueError) as error:
         raise UserError(f"{path} cannot be read ({error}). The file is damaged or truncated: "
                         "copy or export it again.") from error
 
 
+def _rgb(image: Image.Image) -> Image.Image:
+    """RGB of 8 bits per channel; 16-bit grey scaled down, not cut at 255 as Pillow's conversion would."""
+    if image.mode.startswith("I"):
+        array = np.asarray(image).astype(np.float64)
+        if image.mode.startswith("I;16") or array.max(initial=0) > 255:
+            array = array / 257
+        image = Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8))
+    return image.convert("RGB")
+
+
 def decode_image(path: Path, scale: float, max_side: int = 0) -> np.ndarray:
-    image = _open(path).convert("RGB")
+    image = _rgb(_open(path))
     size = scaled_size(image.size, scale, max_side)
     if scale != 1 or size != image.size:
         image = image.resize(size, Image.BILINEAR)
@@ -248,6 +268,12 @@ def decode_label(path: Path, scale: float, lookup: np.ndarray, image_size: tuple
                  hint: str = "", max_side: int = 0) -> np.ndarray:
     """Class indices through `lookup`; colour masks, INVALID values and size mismatches are errors."""
     label = _open(path)
+    if label.format == "JPEG" or path.suffix.lower() in (".jpg", ".jpeg"):
+        raise UserError(f"{path} is a JPEG: its compression changes class indices at every edge. Labels must be "
+                        "lossless: save them as PNG.")
+    if label.mode == "1":
+        raise UserError(f"{path} is a 1-bit (black and white) image: labels must be class indices of 8 bits. Save it "
+                        "as an 8-bit grayscale PNG whose values are the classes.")
     if label.mode not in ("L", "P", "I", "I;16"):
         raise UserError(f"{path} is a {label.mode} image, but labels must be single-channel class indices. "
                         "If it is a coloured CamVid mask, convert it with: python data/mask_maker.py "
@@ -307,26 +333,56 @@ def _decode_into(decode: Callable[[int], np.ndarray], paths: Sequence[Path], siz
         flat_tensor = torch.empty(int(starts[-1]), dtype=torch.uint8)
         fill(flat_tensor.numpy())
     else:
-        stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
-        key = hashlib.sha1(json.dumps([recipe, channels, list(sizes), stats]).encode()).hexdigest()[:16]
-        path = cache / f"{key}.uint8"
-        cache.mkdir(parents=True, exist_ok=True)
-        with open(cache / f"{key}.lock", "w") as lock:
-            if fcntl is not None:
-                fcntl.flock(lock, fcntl.LOCK_EX)  # another process decoding the same set (torchrun): wait for it
-            if not (path.is_file() and path.stat().st_size == starts[-1]):
-                partial = path.with_suffix(".partial")  # a killed decode's leftover is overwritten
-                slots = np.memmap(partial, np.uint8, "w+", shape=(int(starts[-1]),))
-                fill(slots)
-                slots.flush()
-                del slots
-                os.replace(partial, path)
-        # copy-on-write: never written back
-        flat_tensor = torch.from_numpy(np.memmap(path, np.uint8, "c", shape=(int(starts[-1]),)))
+        flat_tensor = torch.from_numpy(_cached(fill, int(starts[-1]), paths, cache,
+                                               json.dumps([recipe, channels, list(sizes)])))
     if len(set(sizes)) == 1:
         width, height = sizes[0]
         return flat_tensor.view(len(paths), *([channels] if channels == 3 else []), height, width)
     return flat_tensor
+
+
+def _checksum(buffer: np.ndarray) -> int:
+    """CRC-32 of a (memory-mapped) buffer, read in pieces of 64 MB."""
+    crc = 0
+    for start in range(0, len(buffer), 1 << 26):
+        crc = zlib.crc32(buffer[start : start + (1 << 26)], crc)
+    return crc
+
+
+def _cached(fill: Callable[[np.ndarray], None], size: int, paths: Sequence[Path], cache: Path,
+            recipe: str) -> np.ndarray:
+    """DATA_CACHE's memory-mapped copy of a decoded set: named by the `recipe` and, per source file, its path,
+    size, inode and modification and change times (a file saved again changes its change time, even where its
+    modification time is set back), so the sources are never read again on a warm start. The file's CRC-32, kept
+    beside it, is checked before it is served; a file that fails is decoded again, with a note."""
+    stats = [(str(p), s.st_size, s.st_ino, s.st_mtime_ns, s.st_ctime_ns) for p in paths for s in [p.stat()]]
+    key = hashlib.sha1(json.dumps([recipe, stats]).encode()).hexdigest()[:16]
+    path, record = cache / f"{key}.uint8", cache / f"{key}.json"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with open(cache / f"{key}.lock", "w") as lock:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # another process decoding the same set (torchrun): wait for it
+            kept = read_json(record)
+            if path.is_file() and path.stat().st_size == size and isinstance(kept, dict):
+                if kept.get("crc32") == _checksum(np.memmap(path, np.uint8, "r", shape=(size,))):
+                    return np.memmap(path, np.uint8, "c", shape=(size,))  # copy-on-write: never written back
+                tqdm.write(f"note: the cached set {path} is damaged (its checksum changed): it is decoded again.")
+            partial = path.with_suffix(".partial")  # a killed decode's leftover is overwritten
+            with open(partial, "wb") as f:
+                f.truncate(size)
+                if hasattr(os, "posix_fallocate") and size:  # a full disk fails here, not as a bus error later
+                    os.posix_fallocate(f.fileno(), 0, size)
+            slots = np.memmap(partial, np.uint8, "r+", shape=(size,))
+            fill(slots)
+            slots.flush()
+            write_json(record, {"crc32": _checksum(slots), "bytes": size})
+            del slots
+            os.replace(partial, path)
+    except OSError as error:
+        raise UserError(f"DATA_CACHE={cache} cannot hold the decoded set ({error.strerror or error}; it needs "
+                        f"{size / 1e9:.2f} GB): give a writable folder with room, or leave DATA_CACHE out.") from error
+    return np.memmap(path, np.uint8, "c", shape=(size,))
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -334,6 +390,8 @@ def image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             return image.size
+    except Image.DecompressionBombError as error:
+        raise _too_large(path, error) from error
     except OSError as error:
         raise UserError(f"{path} cannot be read ({error}): copy or export it again.") from error
 
@@ -422,26 +480,35 @@ def _stratified_choice(groups: list[str], count: int, generator: torch.Generator
             for i in torch.randperm(len(members[key]), generator=generator)[:quota].tolist()}
 
 
-def read_split_file(path: str | Path, names: list[str]) -> tuple[list[str], list[str]]:
-    """A run's split.json ('labeled' and 'unlabeled' lists), or a text file of labeled names, one per line
-    (a published split such as data/splits/cityscapes/unimatch/1_8.txt) whose unlabeled images are the rest.
-    A line's folders are dropped: `aachen/aachen_000000_000019` names `aachen_000000_000019`."""
+def read_split_file(path: str | Path, names: list[str]) -> dict[str, list[str]]:
+    """A run's split.json ('labeled' and 'unlabeled' lists, and the 'val' and 'test' images it held out), or a
+    text file of labeled names, one per line (a published split such as data/splits/cityscapes/unimatch/1_8.txt)
+    whose unlabeled images are the rest of `names`. A line's folders are dropped: `aachen/aachen_000000_000019` names
+    `aachen_000000_000019`. Every name must be one of the train images `names`, and in one list only once."""
     try:
         text = Path(path).read_text()
         if Path(path).suffix == ".txt":
             labeled = [Path(line.split()[0]).name for line in text.splitlines() if line.strip()]
-            unlabeled = [name for name in names if name not in set(labeled)]
+            split = {"labeled": labeled, "unlabeled": [name for name in names if name not in set(labeled)]}
         else:
-            split = json.loads(text)
-            labeled, unlabeled = list(split["labeled"]), list(split["unlabeled"])
+            recorded = json.loads(text)
+            split = {key: [str(name) for name in recorded[key]] for key in ("labeled", "unlabeled", "val", "test")
+                     if key in recorded or key in ("labeled", "unlabeled")}
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
         raise UserError(f"SPLIT_FILE={path} cannot be read ({error}); it must be JSON with 'labeled' and "
                         "'unlabeled' lists of file names, like the split.json of a run directory, or a .txt "
                         "list of labeled names.") from error
-    if not labeled:
+    if not split["labeled"]:
         raise UserError(f"SPLIT_FILE={path} lists no labeled images: the teacher needs some.")
-    unknown = sorted(set(labeled + unlabeled) - set(names))
-    if unknown or set(labeled) & set(unlabeled):
-        raise UserError(f"SPLIT_FILE={path} does not fit the train images: unknown names {unknown[:3]}, "
-                        f"{len(set(labeled) & set(unlabeled))} names both labeled and unlabeled.")
-    return labeled, unlabeled
+    seen: dict[str, str] = {}
+    for key, listed in split.items():
+        for name in listed:
+            if name in seen:
+                where = "twice" if seen[name] == key else f"as {seen[name]} and as {key}"
+                raise UserError(f"SPLIT_FILE={path} lists {name} {where}: each image belongs to one set, once.")
+            seen[name] = key
+    unknown = sorted(set(seen) - set(names))
+    if unknown:
+        raise UserError(f"SPLIT_FILE={path} does not fit the train images: {len(unknown)} names are not among them, "
+                        f"e.g. {unknown[:3]}. Check DATA_ROOT and --dataset.")
+    return split

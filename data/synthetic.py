@@ -45,9 +45,13 @@ def make_street_scenes(root: str | Path, counts: Mapping[str, int] | None = None
     root = Path(root)
     params = {"kind": "street_scenes", "version": VERSION, "counts": counts, "unlabeled": unlabeled,
               "size": list(size), "seed": seed}
-    if read_json(root / MARKER) == params:
+    marker = read_json(root / MARKER)
+    if marker == params:
         return root
-    (root / MARKER).unlink(missing_ok=True)  # first: an interrupted set is never taken for a finished one
+    if marker is None and root.is_dir() and next((p for p in root.rglob("*") if p.is_file()), None):
+        raise UserError(f"{root} holds files this generator did not write: --demo draws its scenes into DATA_ROOT, "
+                        "so give it a folder of its own (the demo's default is data/demo_camvid).")
+    write_json(root / MARKER, {"writing": params})  # first: an interrupted set is never taken for a finished one
     for folder in ("train", "val", "test", "train_labels", "val_labels", "test_labels", "unlabeled/train"):
         for stale in (root / folder).glob("synth_*.png"):
             stale.unlink()

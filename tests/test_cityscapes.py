@@ -134,8 +134,8 @@ def test_the_published_lists_have_the_published_sizes(source: str) -> None:
         assert len(lines) == len(set(lines)) == count
         names = [Path(line).name for line in lines]
         all_train = names + [f"zz_{i:06d}_000000" for i in range(2975 - count)]
-        labeled, unlabeled = read_split_file(folder / f"{split}.txt", all_train)
-        assert labeled == names and len(unlabeled) == 2975 - count
+        read = read_split_file(folder / f"{split}.txt", all_train)
+        assert read["labeled"] == names and len(read["unlabeled"]) == 2975 - count
 
 
 # ----------------------------------------------------------------------------- training

@@ -20,7 +20,7 @@ def test_a_cached_set_equals_the_decoded_one_and_is_decoded_once(tiny_scenes: Pa
     decoded = load_subset("camvid", tiny_scenes, "train")
     first = load_subset("camvid", tiny_scenes, "train", cache=tmp_path)
     assert torch.equal(first.images, decoded.images) and torch.equal(first.labels, decoded.labels)
-    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".lock", ".lock", ".uint8", ".uint8"]
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".json", ".lock", ".lock", ".uint8", ".uint8"]
     calls = []
     decode = segmentation.decode_image
     monkeypatch.setattr(segmentation, "decode_image", lambda *args: calls.append(args) or decode(*args))

@@ -51,7 +51,8 @@ def test_the_class_file_gives_names_colours_and_the_ignore_value(own_data: Path)
     assert table.names == ("built", "open", "ground") and table.ignore_index == 3
     assert table.colours == ((200, 0, 0), (0, 200, 0), (0, 0, 200), (0, 0, 0))
     assert table.mean == IMAGENET[0]
-    assert lookup[255] == 3 and lookup[3] == 3 and [lookup[v] for v in range(3)] == [0, 1, 2]
+    assert lookup[255] == 3 and [lookup[v] for v in range(3)] == [0, 1, 2]
+    assert lookup[3] == 255  # the class count is no class, and not the ignore value given: an error
     assert lookup[4] == lookup[254] == 255  # invalid: an error when a label holds it
 
 
@@ -71,7 +72,8 @@ def test_names_alone_make_a_class_file(tmp_path: Path) -> None:
 ])
 def test_a_wrong_class_file_says_what_it_needs(tmp_path: Path, spec: Any, message: str) -> None:
     (tmp_path / "classes.json").write_text(json.dumps(spec))
-    with pytest.raises(UserError, match=f"classes.json: .*{message}.*README, 'Cityscapes and your own data'"):
+    with pytest.raises(UserError, match=f"classes.json: .*{message}.*README, 'Cityscapes, Pascal VOC and your own "
+                                        "data'"):
         folder.classes(tmp_path)
 
 
@@ -95,7 +97,7 @@ def test_a_label_value_outside_the_classes_is_named(tmp_path: Path) -> None:
     bad = np.array(Image.open(root / "labels" / "photo001.png"))
     bad[0, 0] = 7
     write_png(root / "labels" / "photo001.png", bad)
-    with pytest.raises(UserError, match=r"photo001.png holds the value 7, but its valid values are 0..3, 255"):
+    with pytest.raises(UserError, match=r"photo001.png holds the value 7, but its valid values are 0..2, 255"):
         load_set(*folder.files(root, "train"), folder.classes(root)[1], 1.0)
 
 

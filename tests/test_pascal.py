@@ -114,5 +114,5 @@ def test_the_published_lists_are_there_with_their_sources(source: str, sizes: di
 
 def test_a_published_list_of_names_reads_as_the_labeled_images() -> None:
     names = (SPLITS / "unimatch" / "1_16.txt").read_text().split()
-    labeled, unlabeled = read_split_file(SPLITS / "unimatch" / "1_16.txt", names + ["2099_000001"])
-    assert labeled == names and unlabeled == ["2099_000001"]
+    read = read_split_file(SPLITS / "unimatch" / "1_16.txt", names + ["2099_000001"])
+    assert read == {"labeled": names, "unlabeled": ["2099_000001"]}

@@ -296,7 +296,7 @@ def test_read_split_file_round_trips(tmp_path: Path) -> None:
     labeled, unlabeled = split_names(NAMES, 1 / 8, seed=0)
     path = tmp_path / "split.json"
     path.write_text(json.dumps({"labeled": labeled, "unlabeled": unlabeled}))
-    assert read_split_file(path, NAMES) == (labeled, unlabeled)
+    assert read_split_file(path, NAMES) == {"labeled": labeled, "unlabeled": unlabeled}
 
 
 @pytest.mark.parametrize("content, message", [
@@ -304,8 +304,8 @@ def test_read_split_file_round_trips(tmp_path: Path) -> None:
     ("{not json", "cannot be read"),
     (json.dumps({"labeled": ["0001TP_000000"]}), "cannot be read"),
     (json.dumps(["0001TP_000000"]), "cannot be read"),
-    (json.dumps({"labeled": ["0001TP_000000"], "unlabeled": ["Seq05VD_f00000"]}), "unknown names"),
-    (json.dumps({"labeled": ["0001TP_000000"], "unlabeled": ["0001TP_000000"]}), "both labeled and unlabeled"),
+    (json.dumps({"labeled": ["0001TP_000000"], "unlabeled": ["Seq05VD_f00000"]}), "names are not among them"),
+    (json.dumps({"labeled": ["0001TP_000000"], "unlabeled": ["0001TP_000000"]}), "as labeled and as unlabeled"),
 ])
 def test_read_split_file_errors(tmp_path: Path, content: str | None, message: str) -> None:
     path = tmp_path / "split.json"

@@ -2,6 +2,7 @@
 bytes for the same parameters, and be reused instead of rewritten on every demo run."""
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -79,9 +80,17 @@ def test_new_parameters_or_a_missing_marker_regenerate(tmp_path: Path) -> None:
     make_street_scenes(tmp_path, {"train": 1}, unlabeled=0, size=SIZE)
     assert [p.name for p in (tmp_path / "train").iterdir()] == ["synth_train_0000.png"]
     assert not list((tmp_path / "val").glob("*.png")) and not list((tmp_path / "unlabeled").rglob("*.png"))
-    (tmp_path / synthetic.MARKER).unlink()  # as after a run killed before it finished
+    (tmp_path / synthetic.MARKER).write_text('{"writing": {}}')  # as after a run killed before it finished
     make_street_scenes(tmp_path, {"train": 1}, unlabeled=0, size=SIZE)
-    assert (tmp_path / synthetic.MARKER).is_file()
+    assert "writing" not in json.loads((tmp_path / synthetic.MARKER).read_text())
+
+
+def test_the_demo_never_writes_into_a_folder_of_real_data(tmp_path: Path) -> None:
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "0001TP_006690.png").write_bytes(b"a real image")
+    with pytest.raises(UserError, match="holds files this generator did not write"):
+        make_street_scenes(tmp_path, {"train": 1}, unlabeled=0, size=SIZE)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["0001TP_006690.png", "train"]
 
 
 def test_bad_street_parameters_are_refused(tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise UserError(f"Checkpoint {path} does not exist. Check SAVE_DIR (or the path), or train the model "
                         "again: --resume=False starts a run over.")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load fails in many ways on a damaged file; all mean the same here
         text = str(error)
         lines = [line.strip() for line in text.split("WeightsUnpickler error:")[-1].splitlines() if line.strip()]
@@ -53,6 +53,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         reason = lines[0] if "WeightsUnpickler error:" in text else (text.splitlines() or [type(error).__name__])[0]
         raise UserError(f"Checkpoint {path} is damaged or not a checkpoint ({reason}). Restore a copy, or "
                         "train it again: --resume=False starts its run over.") from error
+    if not isinstance(checkpoint, dict):
+        raise UserError(f"Checkpoint {path} holds a {type(checkpoint).__name__}, not the dict of a checkpoint (or a "
+                        "state dict): give a checkpoint of this project or a SwiftNet state dict.")
+    return checkpoint
 
 
 def load_weights(model: nn.Module, checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
@@ -60,6 +64,9 @@ def load_weights(model: nn.Module, checkpoint: dict[str, Any], path: str | os.Pa
     state = checkpoint.get("state_dict")
     if state is None:
         raise UserError(f"{path} holds no 'state_dict': it is not a model checkpoint of this project.")
+    if not (isinstance(state, dict) and all(isinstance(t, torch.Tensor) for t in state.values())):
+        raise UserError(f"{path}: its 'state_dict' is a {type(state).__name__}, not a dict of tensors: it is not a "
+                        "model checkpoint of this project.")
     own = model.state_dict()
     for name, tensor in state.items():
         if name in own and own[name].shape != tensor.shape:
@@ -75,6 +82,9 @@ def load_fitting(model: nn.Module, state: dict[str, Any], path: str | os.PathLik
     """Loads every tensor of `state` whose name and shape fit `model`; the rest of `model` keeps its fresh
     weights (a logits layer of another class count, say). Returns a report of what was loaded and what not."""
     own = model.state_dict()
+    if not isinstance(state, dict):
+        raise UserError(f"{path} holds a {type(state).__name__} where a state dict should be: give a SwiftNet "
+                        "checkpoint, ours or the reference code's.")
     tensors = {name: value for name, value in state.items() if isinstance(value, torch.Tensor)}
     fitting = {name: value for name, value in tensors.items() if name in own and own[name].shape == value.shape}
     if not fitting:
@@ -106,12 +116,16 @@ def parameter_count(state_dict: dict[str, torch.Tensor]) -> int:
 def describe(checkpoint: dict[str, Any]) -> str:
     shown = ("phase", "iteration", "epoch", "val_iou", "val_acc", "best_score", "saved_at")
     lines = [f"{key:>12}: {checkpoint[key]}" for key in shown if key in checkpoint]
-    if "state_dict" in checkpoint:
-        lines.append(f"{'parameters':>12}: {parameter_count(checkpoint['state_dict']):,}")
+    state = checkpoint.get("state_dict")
+    if isinstance(state, dict) and all(isinstance(t, torch.Tensor) for t in state.values()):
+        lines.append(f"{'parameters':>12}: {parameter_count(state):,}")
+    elif state is not None:
+        lines.append(f"{'state_dict':>12}: a {type(state).__name__}, not a model's tensors")
     others = sorted(set(checkpoint) - {"config", "state_dict", *shown})
     if others:
         lines.append(f"{'also holds':>12}: {', '.join(others)}")
-    lines += [f"{'config':>12}  {key} = {value!r}" for key, value in checkpoint.get("config", {}).items()]
+    config = checkpoint.get("config") if isinstance(checkpoint.get("config"), dict) else {}
+    lines += [f"{'config':>12}  {key} = {value!r}" for key, value in config.items()]
     return "\n".join(lines)
 
 

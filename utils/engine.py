@@ -251,7 +251,7 @@ def fit(model: nn.Module, phase: str, iteration: int, batches: Callable[[torch.G
     def save_last(epoch: int, **fields: Any) -> None:
         """The phase's checkpoint keeps, beside the model, the models the method keeps beside it."""
         save_checkpoint(last_path, phase=phase, iteration=iteration, epoch=epoch, state_dict=model.state_dict(),
-                        **fields, config=dict(run.config), run_id=run.id,
+                        **fields, config=dict(run.config), run_id=run.id, **run.carried,
                         **{name: kept.state_dict() for name, kept in beside.items()})
 
     train_model = rt.wrap(model)
@@ -288,7 +288,7 @@ def fit(model: nn.Module, phase: str, iteration: int, batches: Callable[[torch.G
                 if rt.is_main:
                     save_checkpoint(best.path, iteration=iteration, epoch=epoch, phase=phase,
                                     state_dict=model.state_dict(), optimizer=optimizer.state_dict(),
-                                    **{best.metric: score}, config=dict(run.config), run_id=run.id)
+                                    **{best.metric: score}, config=dict(run.config), run_id=run.id, **run.carried)
             bar.set_postfix(loss=f"{loss:.3f}", val=f"{score:.2f}", best=f"{best.score:.2f}")
         run.log(**entry)
         if rt.is_main and (evaluated or time.monotonic() - last_saved >= RESUME_SAVE_EVERY_S):

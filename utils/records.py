@@ -106,6 +106,7 @@ class Run:
         self.folder = folder
         self.writer = writer
         self.config = dict(config)
+        self.carried: dict[str, Any] = {}  # what every checkpoint of the run keeps beside the config (its classes)
         self.progress_path = folder / "progress.json"
         self.summary_path = folder / "summary.json"
         self.position = "before the first epoch"  # where a Ctrl-C stops the run

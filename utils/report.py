@@ -39,6 +39,12 @@ TERMS = {"loss_labeled": "labeled loss", "loss_strong": "strong-view loss", "los
          "above_threshold": "unlabeled above threshold (%)"}
 
 
+# What a full-supervision reference must share with the runs it measures, with the value of runs from before a
+# setting existed.
+PROTOCOL = {"dataset": "camvid", "image_scale": None, "eval_scale": 0.0, "max_side": 0, "pretrained": None,
+            "width": None}
+
+
 def _read_json(path: Path) -> Any:
     """The file's JSON, or {} where the run has not written the file (yet)."""
     if not path.is_file():
@@ -61,9 +67,32 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
             entry = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a full disk: the others still tell the story
-        if isinstance(entry, dict) and "phase" in entry and "epoch" in entry:
+        if _well_formed(entry):
             phases.setdefault(entry["phase"], {})[entry["epoch"]] = entry
     return [entry for epochs in phases.values() for _, entry in sorted(epochs.items())]
+
+
+def _number(value: Any) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+def _well_formed(entry: Any) -> bool:
+    """A metrics line the report can draw: a phase, an epoch, and numbers where numbers go; others are skipped
+    like lines cut short."""
+    return (isinstance(entry, dict) and isinstance(entry.get("phase"), str) and isinstance(entry.get("epoch"), int)
+            and all(_number(entry.get(key)) for key in ("step", "loss", "score", *TERMS)))
+
+
+def _check_summary(summary: Any, path: Path) -> None:
+    """summary.json as the runs write it: a teacher record and a list of iteration records, numbers as numbers."""
+    records = [summary.get("teacher") or {}, *(summary.get("iterations") or [])] if isinstance(summary, dict) else []
+    fine = isinstance(summary, dict) and isinstance(summary.get("iterations") or [], list) and all(
+        isinstance(record, dict) and all(_number(value) for key, value in record.items()
+                                         if key.startswith(("val_", "test_", "pseudo_")) and key != "test_per_class")
+        for record in records)
+    if not fine:
+        raise UserError(f"{path} is not a summary this code writes (wrong types in it): restore it, or delete it "
+                        "and run the same command again to rebuild it.")
 
 
 def load_run(folder: Path) -> SimpleNamespace:
@@ -74,6 +103,9 @@ def load_run(folder: Path) -> SimpleNamespace:
                         "metrics.jsonl. Give a folder under runs/ (or the --run_dir of a run).")
     config = _read_json(folder / "config.json")
     summary = _read_json(folder / "summary.json")
+    if not isinstance(config, dict):
+        raise UserError(f"{folder / 'config.json'} is not a config this code writes: restore it.")
+    _check_summary(summary, folder / "summary.json")
     teacher = summary.get("teacher") or {}
     iterations = summary.get("iterations") or []
     metrics = read_metrics(folder / "metrics.jsonl")
@@ -294,6 +326,15 @@ def write_report(run_dirs: Sequence[Path], out: Path, reference_dirs: Sequence[P
     if any(reference.score != run.score for reference in references for run in runs):
         raise UserError("The reference runs and the runs are of different tasks (CamVid and CIFAR-10): "
                         "give full-supervision runs of the same task with --reference.")
+    for reference in references:  # full supervision of the same data at the same resolution, else no gap
+        for run in runs:
+            differ = [key for key, default in PROTOCOL.items()
+                      if reference.config.get(key, default) != run.config.get(key, default)]
+            if differ:
+                pairs = ", ".join(f"{k} ({reference.config.get(k, PROTOCOL[k])!r} and "
+                                  f"{run.config.get(k, PROTOCOL[k])!r})" for k in differ)
+                raise UserError(f"The reference {reference.folder} and the run {run.folder} differ in {pairs}: give "
+                                "full-supervision runs of the same data and protocol with --reference.")
     sections = ["# Self-training report\n\nScores are percentages; `–` means not measured (no ground truth for "
                 "the pseudo-labels, or not reached yet).\n"]
     if references:
