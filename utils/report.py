@@ -22,8 +22,9 @@ from utils.io import atomic_open
 from utils.metrics import format_number
 
 MISSING = "–"
-# A task is known by its score: summary.json holds val_<score> and test_<score>.
-TASK_NAMES = {"miou": "CamVid", "acc": "CIFAR-10"}
+# A task is known by its score: summary.json holds val_<score> and test_<score>. Runs name their data in
+# summary.json; these titles stand in for those from before they did.
+TASK_NAMES = {"miou": "segmentation", "acc": "classification"}
 SCORE_TITLES = {"miou": "mIoU", "acc": "accuracy"}
 # What the iteration table shows after the scores, {key: column title}: test measures, pseudo-label quality.
 COLUMNS = {
@@ -41,8 +42,7 @@ TERMS = {"loss_labeled": "labeled loss", "loss_strong": "strong-view loss", "los
 
 # What a full-supervision reference must share with the runs it measures, with the value of runs from before a
 # setting existed.
-PROTOCOL = {"dataset": "camvid", "image_scale": None, "eval_scale": 0.0, "max_side": 0, "pretrained": None,
-            "width": None}
+PROTOCOL = {"dataset": None, "image_scale": None, "eval_scale": 0.0, "max_side": 0, "pretrained": None, "width": None}
 
 
 def _read_json(path: Path) -> Any:
@@ -96,7 +96,8 @@ def _check_summary(summary: Any, path: Path) -> None:
 
 
 def load_run(folder: Path) -> SimpleNamespace:
-    """The run in `folder`; CamVid records mIoU, CIFAR-10 accuracy, a run without results yet tells by its config."""
+    """The run in `folder`; segmentation records mIoU, classification accuracy, a run without results yet tells by
+    its config."""
     folder = Path(folder)
     if not any((folder / name).is_file() for name in ("config.json", "summary.json", "metrics.jsonl")):
         raise UserError(f"{folder} is not a run directory: it has none of config.json, summary.json, "
@@ -149,7 +150,7 @@ def run_section(run: SimpleNamespace) -> str:
 
 def per_class_section(runs: Sequence[SimpleNamespace]) -> str:
     """Test IoU per class of the final model (the last student, promoted or not, else the teacher), one column
-    per CamVid run; for a single run, the teacher's beside it. Empty where no run has a per-class IoU."""
+    per segmentation run; for a single run, the teacher's beside it. Empty where no run has a per-class IoU."""
     if len(runs) > 1:
         columns = [(run.label, (run.iterations or [run.teacher])[-1]) for run in runs if run.score == "miou"]
     elif runs[0].iterations:
@@ -303,10 +304,10 @@ def plots_section(runs: Sequence[SimpleNamespace], out: Path) -> str:
     for run, (val_ax, loss_ax) in zip(runs, curves.subplots(len(runs), 2, squeeze=False)):
         draw_curves(run, val_ax, loss_ax)
     plots = [("Learning curves", "curves.png", curves)]
-    camvid = [run for run in runs if run.score == "miou"]
-    if camvid:
-        per_class = Figure(figsize=(10, 3.5 * len(camvid)), layout="constrained")
-        for run, (ax,) in zip(camvid, per_class.subplots(len(camvid), 1, squeeze=False)):
+    segmentation = [run for run in runs if run.score == "miou"]
+    if segmentation:
+        per_class = Figure(figsize=(10, 3.5 * len(segmentation)), layout="constrained")
+        for run, (ax,) in zip(segmentation, per_class.subplots(len(segmentation), 1, squeeze=False)):
             draw_per_class(run, ax)
         plots.append(("Per-class test IoU per iteration", "per_class_iou.png", per_class))
     for _, name, figure in plots:
@@ -324,12 +325,13 @@ def write_report(run_dirs: Sequence[Path], out: Path, reference_dirs: Sequence[P
             run.label = str(run.folder)
     references = [load_run(folder) for folder in reference_dirs]
     if any(reference.score != run.score for reference in references for run in runs):
-        raise UserError("The reference runs and the runs are of different tasks (CamVid and CIFAR-10): "
+        raise UserError("The reference runs and the runs are of different tasks (segmentation and classification): "
                         "give full-supervision runs of the same task with --reference.")
     for reference in references:  # full supervision of the same data at the same resolution, else no gap
         for run in runs:
-            differ = [key for key, default in PROTOCOL.items()
-                      if reference.config.get(key, default) != run.config.get(key, default)]
+            differ = [key for key, default in PROTOCOL.items()  # a setting a run does not name may be anything
+                      if None not in (reference.config.get(key, default), run.config.get(key, default))
+                      and reference.config.get(key, default) != run.config.get(key, default)]
             if differ:
                 pairs = ", ".join(f"{k} ({reference.config.get(k, PROTOCOL[k])!r} and "
                                   f"{run.config.get(k, PROTOCOL[k])!r})" for k in differ)
