@@ -41,7 +41,8 @@ from utils.engine import (Batch, Best, Candidate, Step, batch_plan, cross_entrop
 from utils.errors import UserError
 from utils.io import read_json, write_json
 from utils.pictures import prediction_pictures, pseudo_label_pictures
-from utils.pseudo import MeanTeacher, label_frames, pseudo_folder, pseudo_quality, soft_targets
+from utils.pseudo import (MeanTeacher, confident_predictions, label_frames, pseudo_folder, pseudo_quality,
+                          soft_targets)
 from utils.records import Run, iteration_table, start_run
 
 # Data
@@ -377,16 +378,6 @@ def supervised_step(classes: ClassTable) -> Step:
     return lambda model, batch: (cross_entropy(model(batch[0]), batch[1], classes.ignore_index), {})
 
 
-@torch.no_grad()
-def weak_targets(judge: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Confidence and class of each pixel by `judge` in eval mode, in fp32, without gradient."""
-    training = judge.training
-    judge.eval()
-    confidence, labels = judge(images).float().softmax(1).max(1)
-    judge.train(training)
-    return confidence, labels
-
-
 def online_step(classes: ClassTable, cfg: Config, mean_teacher: MeanTeacher | None) -> Step:
     """FixMatch (one strong view) or UniMatch (two, and the feature-perturbed weak view) for segmentation, as in
     UniMatch's fixmatch.py and unimatch.py. The weak views' predictions are the targets where their confidence
@@ -404,9 +395,9 @@ def online_step(classes: ClassTable, cfg: Config, mean_teacher: MeanTeacher | No
     def step(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         images, weak, padded, count = batch["images"], batch["weak"], batch["padded"], len(batch["images"])
         judge = model if mean_teacher is None else mean_teacher.model
-        confidence_mix, labels_mix = weak_targets(judge, batch["weak_mix"])
+        confidence_mix, labels_mix = confident_predictions(judge, batch["weak_mix"])
         if mean_teacher is not None:
-            confidence, labels = weak_targets(judge, weak)
+            confidence, labels = confident_predictions(judge, weak)
         if unimatch:
             logits, logits_perturbed = model(torch.cat([images, weak]), perturbed=True)
             logits_perturbed = logits_perturbed[count:]

@@ -36,7 +36,7 @@ from utils.engine import (Batch, Best, Candidate, Step, batch_plan, cross_entrop
                           predict_probs, slices)
 from utils.errors import UserError
 from utils.io import write_json
-from utils.pseudo import MeanTeacher, soft_targets
+from utils.pseudo import MeanTeacher, confident_predictions, soft_targets
 from utils.records import Run, iteration_table, start_run
 
 # Data
@@ -207,16 +207,6 @@ def online_batches(labeled: Images, unlabeled: Images, counts: list[int], steps:
 
 # ----------------------------------------------------------------------------- training steps
 
-@torch.no_grad()
-def weak_targets(judge: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Confidence and class of each image by `judge` in eval mode, in fp32, without gradient."""
-    training = judge.training
-    judge.eval()
-    confidence, labels = judge(images).float().softmax(1).max(1)
-    judge.train(training)
-    return confidence, labels
-
-
 def fixmatch_step(cfg: Config, mean_teacher: MeanTeacher | None) -> Step:
     """FixMatch (Sohn et al. 2020, as kekmodel/FixMatch-pytorch trains it): one pass over the labeled, weak and
     strong images together; the weak views' predictions, detached, are the strong views' targets where their
@@ -231,7 +221,7 @@ def fixmatch_step(cfg: Config, mean_teacher: MeanTeacher | None) -> Step:
                                                                         len(batch["strong"])])
             confidence, labels = logits_weak.detach().float().softmax(1).max(1)
         else:
-            confidence, labels = weak_targets(mean_teacher.model, batch["weak"])
+            confidence, labels = confident_predictions(mean_teacher.model, batch["weak"])
             logits_labeled, logits_strong = model(torch.cat([images, batch["strong"]])).split(
                 [count, len(batch["strong"])])
         kept = confidence >= cfg.pseudo_threshold

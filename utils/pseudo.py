@@ -174,6 +174,17 @@ def soft_targets(labels: torch.Tensor, num_classes: int, ignore_index: int, rt: 
     return distributions * keep
 
 
+@torch.no_grad()
+def confident_predictions(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The confidence (softmax maximum, in fp32) and the class `model` gives each pixel (or image) in eval mode,
+    without gradient: the online students' targets. The model's mode is left as it was."""
+    training = model.training
+    model.eval()
+    confidence, labels = model(images).float().softmax(1).max(1)
+    model.train(training)
+    return confidence, labels
+
+
 class MeanTeacher:
     """The teacher of PSEUDO_EMA: after every optimizer step its weights and BatchNorm statistics move
     towards the student's (Mean Teacher), so its targets improve with the student instead of repeating
