@@ -30,7 +30,6 @@ from utils.io import write_png
 from test_folder_dataset import make_folder
 
 
-
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
