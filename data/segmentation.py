@@ -5,6 +5,7 @@ input is reported here, with the file and the fix, before training starts.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -97,10 +98,14 @@ class SegmentationSet:
     def one_size(self) -> bool:
         return self.images.ndim == 4
 
+    @functools.cached_property
+    def _starts(self) -> list[int]:
+        """The pixels before each image in a flat buffer, and after the last."""
+        return [0, *self.sizes.prod(1).cumsum(0).tolist()]
+
     def _span(self, i: int, channels: int) -> tuple[int, int]:
         """Where image i starts in a flat buffer of `channels` values per pixel, and how many values it has."""
-        areas = self.sizes.prod(1)
-        return int(areas[:i].sum()) * channels, int(areas[i]) * channels
+        return self._starts[i] * channels, (self._starts[i + 1] - self._starts[i]) * channels
 
     def image(self, i: int) -> torch.Tensor:
         if self.one_size:
