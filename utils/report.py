@@ -35,7 +35,7 @@ COLUMNS = {
 }
 
 
-# What an online student (FixMatch, UniMatch) logs per epoch besides its loss, {key: title}.
+# What a student that makes its own targets logs per epoch besides its loss, {key: title}.
 TERMS = {"loss_labeled": "labeled loss", "loss_strong": "strong-view loss", "loss_perturbed": "perturbed-feature loss",
          "above_threshold": "unlabeled above threshold (%)"}
 
