@@ -36,7 +36,7 @@ from utils.io import write_png
 from utils.pictures import colourise
 
 
-def class_table(checkpoint: dict, path: Path) -> ClassTable:
+def class_table(checkpoint: dict, config: dict, path: Path) -> ClassTable:
     """The classes, colours and statistics the checkpoint carries; for a checkpoint from before it carried them,
     those of the data set its run trained on, read from that data set."""
     if "classes" in checkpoint:
@@ -46,7 +46,6 @@ def class_table(checkpoint: dict, path: Path) -> ClassTable:
                               tuple(table["std"]), table["ignore_name"])
         except (KeyError, TypeError) as error:
             raise UserError(f"{path} holds a damaged class table ({error!r}): train the model again.") from error
-    config = checkpoint.get("config") if isinstance(checkpoint.get("config"), dict) else {}
     dataset = DATASETS.get(config.get("dataset", "camvid"))
     if dataset is None:
         raise UserError(f"{path} was trained on --dataset={config.get('dataset')}, which this code does not know.")
@@ -57,7 +56,7 @@ def load_model(path: Path, rt: Runtime) -> tuple[nn.Module, dict, ClassTable]:
     """The SwiftNet-RN18 of a checkpoint, on the device, the config it was trained with and its classes."""
     checkpoint = load_checkpoint(path)
     config = checkpoint.get("config") if isinstance(checkpoint.get("config"), dict) else {}
-    classes = class_table(checkpoint, path)
+    classes = class_table(checkpoint, config, path)
     model = swiftnet_rn18(classes.num_classes, classes.mean, classes.std)
     load_weights(model, checkpoint, path)
     return rt.prepare(model).eval(), config, classes

@@ -59,12 +59,17 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return checkpoint
 
 
+def is_state_dict(state: Any) -> bool:
+    """Whether `state` is a model's weights: a dict of tensors."""
+    return isinstance(state, dict) and all(isinstance(t, torch.Tensor) for t in state.values())
+
+
 def load_weights(model: nn.Module, checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
     """Loads `checkpoint['state_dict']`, explaining a mismatch (another class count, another model)."""
     state = checkpoint.get("state_dict")
     if state is None:
         raise UserError(f"{path} holds no 'state_dict': it is not a model checkpoint of this project.")
-    if not (isinstance(state, dict) and all(isinstance(t, torch.Tensor) for t in state.values())):
+    if not is_state_dict(state):
         raise UserError(f"{path}: its 'state_dict' is a {type(state).__name__}, not a dict of tensors: it is not a "
                         "model checkpoint of this project.")
     own = model.state_dict()
@@ -117,7 +122,7 @@ def describe(checkpoint: dict[str, Any]) -> str:
     shown = ("phase", "iteration", "epoch", "val_iou", "val_acc", "best_score", "saved_at")
     lines = [f"{key:>12}: {checkpoint[key]}" for key in shown if key in checkpoint]
     state = checkpoint.get("state_dict")
-    if isinstance(state, dict) and all(isinstance(t, torch.Tensor) for t in state.values()):
+    if is_state_dict(state):
         lines.append(f"{'parameters':>12}: {parameter_count(state):,}")
     elif state is not None:
         lines.append(f"{'state_dict':>12}: a {type(state).__name__}, not a model's tensors")
