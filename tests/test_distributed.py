@@ -31,7 +31,8 @@ def run_two_processes(tmp: Path, *options: str) -> tuple[Path, subprocess.Comple
     data = make_street_scenes(tmp / "data", counts={"train": 16, "val": 6, "test": 6}, unlabeled=10, size=(64, 48))
     args = [f"--data_root={data}", "--device=cpu", "--pretrained=False", "--batch_size=4", "--crop_size=32",
             "--eval_batch_size=4", "--eval_each=1", "--no_iter=1", "--pseudo_epochs=1", "--pictures=0",
-            f"--save_dir={tmp / 'ckpt'}", f"--run_dir={tmp / 'run'}", f"--pseudo_root={tmp / 'pseudo'}", *options]
+            f"--save_dir={tmp / 'ckpt'}", f"--run_dir={tmp / 'run'}", f"--pseudo_root={tmp / 'pseudo'}",
+            "--precision=fp32", *options]  # fp32 on any CPU: the checks below recompute in fp32
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "semisup_cam.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
